@@ -1,0 +1,490 @@
+"""Rewrite one ONNX LSTM/GRU/RNN node as an equivalent Scan that also emits every gate.
+
+Why a Scan and not the fused op plus a recomputation: the input projection X·W is done once for
+all steps and directions (one big MatMul), the loop body does only h·R, the nonlinearities and the
+state update, and the gates fall out as scan outputs. That keeps the exposed model close to the
+fused kernel's speed while every gate is exact (see `gate-report bench`).
+
+Layout of the rewrite, for D directions, G gate blocks and hidden size H:
+    X ─▶ time-major [T,B,I] ─▶ per direction (reversed per sequence for the reverse pass)
+      ─▶ [D,T,B,I] · Wᵀ + bias ─▶ [T,D,B,G·H] ─▶ Scan(state [D,B,H], body) ─▶ gates [T,D,B,K·H]
+      ─▶ reverse pass put back in input time ─▶ Y, Y_h, Y_c (the node's own outputs, same names)
+                                               └▶ one [B,T,D,H] output per gate
+Equations and attribute semantics follow the ONNX operator spec; where the spec leaves a choice
+(clip after the peephole term, activation alpha/beta consumed by the activations that take them),
+onnxruntime's reading is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from reporter.errors import ModelError
+
+__all__ = ["GATES", "GATE_BLOCKS", "RecurrentSpec", "read_spec", "build_scan_rewrite"]
+
+# Gates exposed per op kind, in output order (the contract in ARCHITECTURE.md).
+GATES = {"LSTM": ("i", "f", "g", "o", "c", "h"), "GRU": ("z", "r", "n", "h"), "RNN": ("h",)}
+# Number of stacked weight blocks per op kind (LSTM iofc, GRU zrh, RNN one).
+GATE_BLOCKS = {"LSTM": 4, "GRU": 3, "RNN": 1}
+_DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"), "RNN": ("Tanh",)}
+# Activations the spec allows: (uses alpha, uses beta, default alpha, default beta).
+_ACTIVATION_PARAMS = {
+    "relu": (False, False, 0.0, 0.0),
+    "tanh": (False, False, 0.0, 0.0),
+    "sigmoid": (False, False, 0.0, 0.0),
+    "softsign": (False, False, 0.0, 0.0),
+    "softplus": (False, False, 0.0, 0.0),
+    "affine": (True, True, 1.0, 0.0),
+    "leakyrelu": (True, False, 0.01, 0.0),
+    "thresholdedrelu": (True, False, 1.0, 0.0),
+    "scaledtanh": (True, True, 1.0, 1.0),
+    "hardsigmoid": (True, True, 0.2, 0.5),
+    "elu": (True, False, 1.0, 0.0),
+}
+_INT64_MIN = np.iinfo(np.int64).min
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One activation function with its resolved parameters."""
+
+    name: str  # lower-case spec name, e.g. "sigmoid"
+    alpha: float
+    beta: float
+
+
+@dataclass(frozen=True)
+class RecurrentSpec:
+    """Everything about one recurrent node that the rewrite needs, read and checked once."""
+
+    kind: str
+    directions: int
+    reverse: tuple[bool, ...]  # per direction: does this pass run backwards in time?
+    hidden_size: int
+    layout: int
+    clip: float | None
+    linear_before_reset: bool
+    input_forget: bool
+    activations: tuple[tuple[Activation, ...], ...]  # [direction][f, g, h]
+    inputs: dict[str, str]  # X W R B sequence_lens initial_h initial_c P -> tensor name
+    outputs: dict[str, str]  # Y Y_h Y_c -> tensor name (only those present)
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _resolve_activations(node, kind, attrs, directions) -> tuple[tuple[Activation, ...], ...]:
+    """Read activations, activation_alpha and activation_beta the way onnxruntime does."""
+    per_dir = len(_DEFAULT_ACTIVATIONS[kind])
+    names = [n.decode() if isinstance(n, bytes) else n for n in attrs.get("activations", [])]
+    if not names:
+        names = list(_DEFAULT_ACTIVATIONS[kind]) * directions
+    elif len(names) == per_dir and directions == 2:
+        names = names * 2
+    if len(names) != per_dir * directions:
+        raise ModelError(
+            f"node {node.name!r}: expected {per_dir * directions} activations for a "
+            f"{directions}-direction {kind}, got {len(names)}"
+        )
+    alphas, betas = list(attrs.get("activation_alpha", [])), list(attrs.get("activation_beta", []))
+    resolved = []
+    for name in names:
+        key = name.lower()
+        if key not in _ACTIVATION_PARAMS:
+            raise ModelError(f"node {node.name!r}: activation {name!r} is not an ONNX RNN activation")
+        uses_alpha, uses_beta, alpha, beta = _ACTIVATION_PARAMS[key]
+        if uses_alpha and alphas:
+            alpha = float(alphas.pop(0))
+        if uses_beta and betas:
+            beta = float(betas.pop(0))
+        resolved.append(Activation(key, alpha, beta))
+    return tuple(tuple(resolved[d * per_dir : (d + 1) * per_dir]) for d in range(directions))
+
+
+def read_spec(node: onnx.NodeProto, static_shape) -> RecurrentSpec:
+    """Read and validate a recurrent node; `static_shape(name)` gives a tensor's known dims."""
+    kind, attrs = node.op_type, _attributes(node)
+    known = {"activation_alpha", "activation_beta", "activations", "clip", "direction",
+             "hidden_size", "layout", "linear_before_reset", "input_forget"}
+    for name in attrs:
+        if name not in known:
+            raise ModelError(f"node {node.name!r}: unknown {kind} attribute {name!r}")
+    direction = attrs.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    reverse = {"forward": (False,), "reverse": (True,), "bidirectional": (False, True)}.get(direction)
+    if reverse is None:
+        raise ModelError(f"node {node.name!r}: direction {direction!r} is not forward/reverse/bidirectional")
+    slots = ["X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"]
+    inputs = {slot: name for slot, name in zip(slots, node.input) if name}
+    outputs = {slot: name for slot, name in zip(["Y", "Y_h", "Y_c"], node.output) if name}
+    hidden = attrs.get("hidden_size")
+    if hidden is None:
+        r_shape = static_shape(inputs["R"])
+        if not r_shape or not isinstance(r_shape[-1], int):
+            raise ModelError(f"node {node.name!r}: hidden_size is not set and R's shape is unknown")
+        hidden = r_shape[-1]
+    if kind != "LSTM" and ("initial_c" in inputs or "P" in inputs):
+        raise ModelError(f"node {node.name!r}: {kind} takes no initial_c or P input")
+    clip = attrs.get("clip")
+    return RecurrentSpec(
+        kind=kind,
+        directions=len(reverse),
+        reverse=reverse,
+        hidden_size=int(hidden),
+        layout=int(attrs.get("layout", 0)),
+        clip=None if clip is None else float(clip),
+        linear_before_reset=bool(attrs.get("linear_before_reset", 0)),
+        input_forget=bool(attrs.get("input_forget", 0)),
+        activations=_resolve_activations(node, kind, attrs, len(reverse)),
+        inputs=inputs,
+        outputs=outputs,
+    )
+
+
+class _Builder:
+    """Emit ONNX nodes whose tensor names never collide with the model's."""
+
+    def __init__(self, taken: set[str], prefix: str):
+        self.taken, self.prefix, self.nodes = taken, prefix, []
+        self._consts: dict[tuple, str] = {}
+
+    def fresh(self, hint: str) -> str:
+        name, k = f"{self.prefix}/{hint}", 1
+        while name in self.taken:
+            name, k = f"{self.prefix}/{hint}_{k}", k + 1
+        self.taken.add(name)
+        return name
+
+    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs) -> str:
+        out = out or self.fresh(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
+        return out
+
+    def recompute(self, name: str) -> str:
+        """Emit a second copy of the node that produced `name`, under a fresh output name."""
+        node = next(n for n in self.nodes if n.output[0] == name)
+        out = self.fresh(node.op_type.lower())
+        self.nodes.append(helper.make_node(node.op_type, list(node.input), [out], name=out))
+        return out
+
+    def const(self, value, dtype=np.float32) -> str:
+        array = np.asarray(value, dtype=dtype)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._consts:
+            name = self.fresh("const")
+            tensor = numpy_helper.from_array(array, name)
+            self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def ints(self, *values: int) -> str:
+        return self.const(list(values), np.int64)
+
+    def slice(self, x: str, start: int, end: int, axis: int) -> str:
+        return self.op("Slice", x, self.ints(start), self.ints(end), self.ints(axis))
+
+    def unsqueeze(self, x: str, *axes: int) -> str:
+        return self.op("Unsqueeze", x, self.ints(*axes))
+
+    def squeeze(self, x: str, *axes: int) -> str:
+        return self.op("Squeeze", x, self.ints(*axes))
+
+    def transpose(self, x: str, perm: list[int]) -> str:
+        return self.op("Transpose", x, perm=perm)
+
+
+def _reverse_time(b: _Builder, x: str, axis: int, lens: str | None) -> str:
+    """Reverse along time: whole length, or each sequence within its own length."""
+    if lens is None:
+        return b.op("Slice", x, b.ints(-1), b.ints(_INT64_MIN), b.ints(axis), b.ints(-1))
+    return b.op("ReverseSequence", x, lens, time_axis=axis, batch_axis=1 - axis)
+
+
+def _activate(b: _Builder, x: str, act: Activation) -> str:
+    """Apply one spec activation to a tensor."""
+    name, alpha, beta = act.name, act.alpha, act.beta
+    simple = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "softsign": "Softsign",
+              "softplus": "Softplus"}
+    if name in simple:
+        return b.op(simple[name], x)
+    if name == "affine":
+        return b.op("Add", b.op("Mul", x, b.const(alpha)), b.const(beta))
+    if name == "scaledtanh":
+        return b.op("Mul", b.op("Tanh", b.op("Mul", x, b.const(beta))), b.const(alpha))
+    if name == "hardsigmoid":
+        return b.op("HardSigmoid", x, alpha=alpha, beta=beta)
+    op_type = {"leakyrelu": "LeakyRelu", "thresholdedrelu": "ThresholdedRelu", "elu": "Elu"}[name]
+    return b.op(op_type, x, alpha=alpha)
+
+
+def _activate_per_direction(b: _Builder, x: str, acts: list[Activation], axis: int = 0) -> str:
+    """Apply direction d's activation to slice d along the direction axis (one op when all agree)."""
+    if all(a == acts[0] for a in acts):
+        return _activate(b, x, acts[0])
+    parts = [_activate(b, b.slice(x, d, d + 1, axis), a) for d, a in enumerate(acts)]
+    return b.op("Concat", *parts, axis=axis)
+
+
+class _Body:
+    """The Scan body under construction: one step of all directions at once."""
+
+    def __init__(self, spec: RecurrentSpec, b: _Builder):
+        self.spec, self.b = spec, b
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+
+    def add_input(self, hint: str, elem_type=TensorProto.FLOAT) -> str:
+        name = self.b.fresh(hint)
+        self.inputs.append(helper.make_tensor_value_info(name, elem_type, None))
+        return name
+
+    def add_output(self, name: str) -> None:
+        self.outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+
+    def gate(self, pre: str, which: int) -> str:
+        """Clip (when set) and activate a gate pre-activation with activation `which` (f, g, h)."""
+        b = self.b
+        if self.spec.clip is not None:
+            pre = b.op("Clip", pre, b.const(-self.spec.clip), b.const(self.spec.clip))
+        return _activate_per_direction(b, pre, [acts[which] for acts in self.spec.activations])
+
+
+def _block(b: _Builder, x: str, k: int, hidden: int) -> str:
+    """Slice gate block k (of size hidden) from the last axis."""
+    return b.slice(x, k * hidden, (k + 1) * hidden, -1)
+
+
+def _recurrent_sum(b: _Builder, spec: RecurrentSpec, xw: str, h_prev: str, rt: str) -> str:
+    """xw + h·Rᵀ; one Gemm (which adds in place) when a single direction makes it 2-D."""
+    if spec.directions == 1:
+        return b.op("Gemm", h_prev, rt, xw)
+    return b.op("Add", xw, b.op("MatMul", h_prev, rt))
+
+
+def _gates_from_loop(spec: RecurrentSpec) -> tuple[str, ...]:
+    """Gates the Scan emits per step; LSTM's h is cheaper to derive from o and c afterwards."""
+    return GATES[spec.kind][:-1] if spec.kind == "LSTM" else GATES[spec.kind]
+
+
+def _lstm_step(body: _Body, w: dict, h_prev: str, c_prev: str, xw: str) -> tuple[list[str], str, str]:
+    """One LSTM step; returns (gates i f g o c, new h, new c)."""
+    b, s, hs = body.b, body.spec, body.spec.hidden_size
+    pre = _recurrent_sum(b, s, xw, h_prev, w["RT"])
+    pre_i, pre_o, pre_f, pre_c = (_block(b, pre, k, hs) for k in range(4))
+    if "P" in s.inputs:
+        pre_i = b.op("Add", pre_i, b.op("Mul", w["Pi"], c_prev))
+        pre_f = b.op("Add", pre_f, b.op("Mul", w["Pf"], c_prev))
+    i = body.gate(pre_i, 0)
+    f = b.op("Sub", b.const(1.0), i) if s.input_forget else body.gate(pre_f, 0)
+    g = body.gate(pre_c, 1)
+    c = b.op("Add", b.op("Mul", f, c_prev), b.op("Mul", i, g))
+    if "P" in s.inputs:
+        pre_o = b.op("Add", pre_o, b.op("Mul", w["Po"], c))
+    o = body.gate(pre_o, 0)
+    h = b.op("Mul", o, _activate_per_direction(b, c, [acts[2] for acts in s.activations]))
+    return [i, f, g, o, c], h, c
+
+
+def _gru_step(body: _Body, w: dict, h_prev: str, xw: str) -> tuple[list[str], str]:
+    """One GRU step; returns (gates z r n h, new h)."""
+    b, s, hs = body.b, body.spec, body.spec.hidden_size
+    if s.linear_before_reset:
+        hr = b.op("MatMul", h_prev, w["RT"])
+        pre_z = b.op("Add", _block(b, xw, 0, hs), _block(b, hr, 0, hs))
+        pre_r = b.op("Add", _block(b, xw, 1, hs), _block(b, hr, 1, hs))
+    else:
+        hr = b.op("MatMul", h_prev, w["RzrT"])
+        pre_z = b.op("Add", _block(b, xw, 0, hs), _block(b, hr, 0, hs))
+        pre_r = b.op("Add", _block(b, xw, 1, hs), _block(b, hr, 1, hs))
+    z, r = body.gate(pre_z, 0), body.gate(pre_r, 0)
+    if s.linear_before_reset:
+        recurrent_n = _block(b, hr, 2, hs)
+        if "Rbh" in w:
+            recurrent_n = b.op("Add", recurrent_n, w["Rbh"])
+        pre_n = b.op("Add", _block(b, xw, 2, hs), b.op("Mul", r, recurrent_n))
+    else:
+        pre_n = b.op("Add", _block(b, xw, 2, hs), b.op("MatMul", b.op("Mul", r, h_prev), w["RhT"]))
+    n = body.gate(pre_n, 1)
+    h = b.op("Add", n, b.op("Mul", z, b.op("Sub", h_prev, n)))  # (1 - z) n + z h_prev
+    return [z, r, n, h], h
+
+
+def _rnn_step(body: _Body, w: dict, h_prev: str, xw: str) -> tuple[list[str], str]:
+    """One simple-RNN step; returns (gates h, new h)."""
+    b = body.b
+    h = body.gate(_recurrent_sum(body.b, body.spec, xw, h_prev, w["RT"]), 0)
+    return [h], h
+
+
+def _weights(b: _Builder, spec: RecurrentSpec) -> tuple[dict, str | None]:
+    """Prepare transposed recurrence weights, peepholes and the bias added to X·W."""
+    hs, blocks, kind = spec.hidden_size, GATE_BLOCKS[spec.kind], spec.kind
+    w = {"RT": b.transpose(spec.inputs["R"], [0, 2, 1])}  # [D, H, G·H]
+    if kind == "GRU" and not spec.linear_before_reset:
+        w["RzrT"] = b.slice(w["RT"], 0, 2 * hs, 2)
+        w["RhT"] = b.slice(w["RT"], 2 * hs, 3 * hs, 2)
+    if "P" in spec.inputs:
+        p = spec.inputs["P"]  # [D, 3H] in order i, o, f
+        for k, gate in enumerate(("Pi", "Po", "Pf")):
+            w[gate] = b.unsqueeze(b.slice(p, k * hs, (k + 1) * hs, 1), 1)  # [D, 1, H]
+    if "B" not in spec.inputs:
+        return _single_direction_2d(b, spec, w), None
+    bias = spec.inputs["B"]
+    wb, rb = b.slice(bias, 0, blocks * hs, 1), b.slice(bias, blocks * hs, 2 * blocks * hs, 1)
+    if kind == "GRU" and spec.linear_before_reset:
+        # Rb_h sits inside r ⊙ (h·R_h + Rb_h): it stays in the body.
+        w["Rbh"] = b.unsqueeze(b.slice(rb, 2 * hs, 3 * hs, 1), 1)
+        rb = b.op("Mul", rb, b.const([1.0] * (2 * hs) + [0.0] * hs))
+    return _single_direction_2d(b, spec, w), b.op("Add", wb, rb)  # [D, G·H]
+
+
+def _single_direction_2d(b: _Builder, spec: RecurrentSpec, w: dict) -> dict:
+    """With one direction the body works on 2-D [B, H] tensors: drop the direction axis."""
+    if spec.directions != 1:
+        return w
+    return {key: b.squeeze(value, 0) for key, value in w.items()}
+
+
+def _projected_inputs(b: _Builder, spec: RecurrentSpec, x_tbi: str, lens: str | None, bias: str | None) -> str:
+    """X·Wᵀ + bias for every step at once: [T, B, G·H], or [T, D, B, G·H] for two directions.
+
+    One 3-D × 2-D MatMul per direction: onnxruntime runs it as a single GEMM, where a broadcast
+    4-D MatMul over the direction axis measured several times slower.
+    """
+    per_dir = []
+    for d, rev in enumerate(spec.reverse):
+        x = _reverse_time(b, x_tbi, 0, lens) if rev else x_tbi
+        wt = b.transpose(b.op("Gather", spec.inputs["W"], b.const(d, np.int64), axis=0), [1, 0])
+        xw = b.op("MatMul", x, wt)
+        if bias is not None:
+            xw = b.op("Add", xw, b.op("Gather", bias, b.const(d, np.int64), axis=0))
+        per_dir.append(xw)
+    if spec.directions == 1:
+        return per_dir[0]
+    return b.op("Concat", *[b.unsqueeze(xw, 1) for xw in per_dir], axis=1)
+
+
+def _initial_state(b: _Builder, spec: RecurrentSpec, slot: str, x_tbi: str) -> str:
+    """The initial h or c as [D, B, H]: given (in the node's layout) or zeros."""
+    if slot in spec.inputs:
+        state = spec.inputs[slot]
+        return b.transpose(state, [1, 0, 2]) if spec.layout == 1 else state
+    batch = b.slice(b.op("Shape", x_tbi), 1, 2, 0)
+    shape = b.op("Concat", b.ints(spec.directions), batch, b.ints(spec.hidden_size), axis=0)
+    return b.op("ConstantOfShape", shape, value=numpy_helper.from_array(np.zeros(1, np.float32)))
+
+
+def _step_mask(b: _Builder, x_tbi: str, lens: str, directions: int) -> str:
+    """Bool, is step t inside sequence b's length: [T, B, 1], or [T, 1, B, 1] for two directions."""
+    steps = b.op("Range", b.const(0, np.int64), b.squeeze(b.slice(b.op("Shape", x_tbi), 0, 1, 0), 0), b.const(1, np.int64))
+    valid = b.op("Less", b.unsqueeze(steps, 1), b.unsqueeze(lens, 0))  # [T, B]
+    return b.unsqueeze(valid, 2) if directions == 1 else b.unsqueeze(valid, 1, 3)
+
+
+def _build_body(spec: RecurrentSpec, b: _Builder, w: dict, masked: bool) -> onnx.GraphProto:
+    """The Scan body: states (h[, c]) and one step of X·W in; new states and every gate out."""
+    body = _Body(spec, b)
+    h_prev = body.add_input("h_prev")
+    c_prev = body.add_input("c_prev") if spec.kind == "LSTM" else None
+    xw = body.add_input("xw_t")
+    valid = body.add_input("valid_t", TensorProto.BOOL) if masked else None
+    if spec.kind == "LSTM":
+        gates, h, c = _lstm_step(body, w, h_prev, c_prev, xw)
+    elif spec.kind == "GRU":
+        (gates, h), c = _gru_step(body, w, h_prev, xw), None
+    else:
+        (gates, h), c = _rnn_step(body, w, h_prev, xw), None
+    if valid is not None:
+        # Past a sequence's end the state holds (the gates are zeroed after the loop).
+        h = b.op("Where", valid, h, h_prev)
+        c = b.op("Where", valid, c, c_prev) if c is not None else None
+    states = [h] + ([c] if c is not None else [])
+    # A body output may appear only once: where a state is also a gate, compute it twice
+    # (a second elementwise op measured ~10x cheaper than an Identity copy in ORT's Scan).
+    seen = set()
+    for name in states + gates:
+        body.add_output(b.recompute(name) if name in seen else name)
+        seen.add(name)
+    return helper.make_graph(b.nodes, b.fresh("scan_body"), body.inputs, body.outputs)
+
+
+def _to_input_time(b: _Builder, spec: RecurrentSpec, per_step: str, lens: str | None) -> str:
+    """Put the reverse pass of a [T, D, B, H] scan output back in input time order."""
+    if not any(spec.reverse):
+        return per_step
+    if spec.directions == 1:
+        if lens is None:
+            return _reverse_time(b, per_step, 0, None)
+        return b.unsqueeze(_reverse_time(b, b.squeeze(per_step, 1), 0, lens), 1)
+    backward = b.squeeze(b.slice(per_step, 1, 2, 1), 1)
+    backward = b.unsqueeze(_reverse_time(b, backward, 0, lens), 1)
+    return b.op("Concat", b.slice(per_step, 0, 1, 1), backward, axis=1)
+
+
+def build_scan_rewrite(spec: RecurrentSpec, taken: set[str], prefix: str, gate_outputs: dict[str, str]) -> list[onnx.NodeProto]:
+    """Nodes that replace the recurrent node: same output names, plus one output per gate.
+
+    `gate_outputs` maps each gate to the graph output name to write it to ([B, T, D, H]).
+    """
+    b = _Builder(taken, prefix)
+    x = spec.inputs["X"]
+    x_tbi = b.transpose(x, [1, 0, 2]) if spec.layout == 1 else x
+    lens = b.op("Cast", spec.inputs["sequence_lens"], to=TensorProto.INT64) if "sequence_lens" in spec.inputs else None
+    w, bias = _weights(b, spec)
+    xw = _projected_inputs(b, spec, x_tbi, lens, bias)
+    states = [_initial_state(b, spec, "initial_h", x_tbi)]
+    if spec.kind == "LSTM":
+        states.append(_initial_state(b, spec, "initial_c", x_tbi))
+    valid = _step_mask(b, x_tbi, lens, spec.directions) if lens else None
+    scan_inputs = [xw] + ([valid] if valid else [])
+    body = _build_body(spec, _Builder(taken, f"{prefix}/body"), w, masked=valid is not None)
+    finals = [b.fresh("h_last")] + ([b.fresh("c_last")] if spec.kind == "LSTM" else [])
+    gates = _gates_from_loop(spec)
+    per_step = [b.fresh(f"{gate}_per_step") for gate in gates]
+    if spec.directions == 1:  # the body is 2-D: drop the direction axis going in, restore it after
+        states = [b.squeeze(t, 0) for t in states]
+        finals_2d, per_step_2d = [b.fresh("state_bh") for _ in finals], per_step
+    else:
+        finals_2d, per_step_2d = finals, per_step
+    b.nodes.append(helper.make_node(
+        "Scan", states + scan_inputs, finals_2d + per_step_2d, name=b.fresh("scan"),
+        body=body, num_scan_inputs=len(scan_inputs),
+    ))
+    traces = dict(zip(gates, per_step))
+    if spec.directions == 1:
+        for small, full in zip(finals_2d, finals):
+            b.op("Unsqueeze", small, b.ints(0), out=full)
+        traces = {gate: b.unsqueeze(t, 1) for gate, t in traces.items()}
+    if "h" not in traces:  # LSTM: h = o ⊙ h(c), vectorised over all steps after the loop
+        traces["h"] = b.op("Mul", traces["o"], _activate_per_direction(b, traces["c"], [a[2] for a in spec.activations], axis=1))
+    for gate in GATES[spec.kind]:
+        trace = traces[gate]
+        trace = _to_input_time(b, spec, trace, lens)
+        if valid is not None:
+            trace = b.op("Where", valid, trace, b.const(0.0))  # 0 past each sequence's end, as in Y
+        if gate == "h":
+            _emit_node_outputs(b, spec, trace, finals)
+        b.op("Transpose", trace, perm=[2, 0, 1, 3], out=gate_outputs[gate])  # [B, T, D, H]
+    return b.nodes
+
+
+def _emit_node_outputs(b: _Builder, spec: RecurrentSpec, y_tdbh: str, finals: list[str]) -> None:
+    """Write Y, Y_h and Y_c under the node's own names, in the node's layout."""
+    outputs = spec.outputs
+    if "Y" in outputs:
+        if spec.layout == 1:
+            b.op("Transpose", y_tdbh, perm=[2, 0, 1, 3], out=outputs["Y"])
+        else:
+            b.op("Identity", y_tdbh, out=outputs["Y"])
+    for slot, final in zip(("Y_h", "Y_c"), finals):
+        if slot in outputs:
+            if spec.layout == 1:
+                b.op("Transpose", final, perm=[1, 0, 2], out=outputs[slot])
+            else:
+                b.op("Identity", final, out=outputs[slot])
