@@ -276,6 +276,14 @@ def _lstm_step(body: _Body, w: dict, h_prev: str, c_prev: str, xw: str) -> tuple
     """One LSTM step; returns (gates i f g o c, new h, new c)."""
     b, s, hs = body.b, body.spec, body.spec.hidden_size
     pre = _recurrent_sum(b, s, xw, h_prev, w["RT"])
+    if "P" not in s.inputs and not s.input_forget:
+        # Common case: i, o, f are one contiguous block under one activation (clip included).
+        iof = body.gate(b.slice(pre, 0, 3 * hs, -1), 0)
+        i, o, f = (_block(b, iof, k, hs) for k in range(3))
+        g = body.gate(_block(b, pre, 3, hs), 1)
+        c = b.op("Add", b.op("Mul", f, c_prev), b.op("Mul", i, g))
+        h = b.op("Mul", o, _activate_per_direction(b, c, [acts[2] for acts in s.activations]))
+        return [i, f, g, o, c], h, c
     pre_i, pre_o, pre_f, pre_c = (_block(b, pre, k, hs) for k in range(4))
     if "P" in s.inputs:
         pre_i = b.op("Add", pre_i, b.op("Mul", w["Pi"], c_prev))
@@ -357,14 +365,16 @@ def _projected_inputs(b: _Builder, spec: RecurrentSpec, x_tbi: str, lens: str | 
     One 3-D × 2-D MatMul per direction: onnxruntime runs it as a single GEMM, where a broadcast
     4-D MatMul over the direction axis measured several times slower.
     """
+    rows = b.op("Concat", b.ints(-1), b.slice(b.op("Shape", x_tbi), 2, 3, 0), axis=0)  # [-1, I]
+    out_shape = b.op("Concat", b.slice(b.op("Shape", x_tbi), 0, 2, 0), b.ints(-1), axis=0)  # [T, B, -1]
     per_dir = []
     for d, rev in enumerate(spec.reverse):
         x = _reverse_time(b, x_tbi, 0, lens) if rev else x_tbi
-        wt = b.transpose(b.op("Gather", spec.inputs["W"], b.const(d, np.int64), axis=0), [1, 0])
-        xw = b.op("MatMul", x, wt)
-        if bias is not None:
-            xw = b.op("Add", xw, b.op("Gather", bias, b.const(d, np.int64), axis=0))
-        per_dir.append(xw)
+        w_d = b.op("Gather", spec.inputs["W"], b.const(d, np.int64), axis=0)  # [G·H, I]
+        bias_d = [b.op("Gather", bias, b.const(d, np.int64), axis=0)] if bias is not None else []
+        # Gemm on [T·B, I] adds the bias inside the GEMM: no extra pass over [T, B, G·H].
+        xw = b.op("Gemm", b.op("Reshape", x, rows), w_d, *bias_d, transB=1)
+        per_dir.append(b.op("Reshape", xw, out_shape))
     if spec.directions == 1:
         return per_dir[0]
     return b.op("Concat", *[b.unsqueeze(xw, 1) for xw in per_dir], axis=1)

@@ -1,0 +1,155 @@
+"""`gate-report bench`: what exposing gates costs, as ratios measured in one run.
+
+Every figure is a ratio against a baseline timed in the same process, interleaved run by run
+(A, B, C, A, B, C, …) and summarised by the median, so a busy machine slows all sides alike.
+Nothing here is asserted in tests: speed is reported, never a pass/fail condition.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from reporter.expose import expose_gates
+
+__all__ = ["BenchRow", "time_interleaved", "bench_builtin", "bench_onnx", "capture_gates_torch", "format_rows"]
+
+THREADS = 2
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One measured case: the median seconds of each contender, and the ratios that matter."""
+
+    case: str
+    fused_s: float  # the unmodified ONNX model in onnxruntime
+    exposed_s: float  # the gate-exposed model in onnxruntime
+    torch_loop_s: float | None  # gates captured by a PyTorch loop over cell steps
+
+    @property
+    def overhead(self) -> float:
+        """Exposed ÷ fused: what seeing every gate costs (goal ≤ 1.3)."""
+        return self.exposed_s / self.fused_s
+
+    @property
+    def speedup_vs_torch(self) -> float | None:
+        """Torch loop ÷ exposed: how much faster than capturing gates by hand (goal ≥ 2)."""
+        return None if self.torch_loop_s is None else self.torch_loop_s / self.exposed_s
+
+
+def time_interleaved(contenders: dict[str, Callable[[], object]], repeats: int = 7) -> dict[str, float]:
+    """Median wall time of each callable, run in turn so background load hits all equally."""
+    for fn in contenders.values():  # warm-up: allocator, thread pools, lazy init
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def session(model: onnx.ModelProto, threads: int = THREADS) -> ort.InferenceSession:
+    """A CPU onnxruntime session limited to `threads` threads."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def capture_gates_torch(rnn: torch.nn.LSTM | torch.nn.GRU, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The way users capture gates today: a Python loop over cell steps, one layer at a time."""
+    gates: dict[str, torch.Tensor] = {}
+    layer_input = x if rnn.batch_first else x.transpose(0, 1)
+    batch, steps = layer_input.shape[:2]
+    for layer in range(rnn.num_layers):
+        w_ih, w_hh, b_ih, b_hh = (getattr(rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        h = layer_input.new_zeros(batch, rnn.hidden_size)
+        c = torch.zeros_like(h)
+        per_step = []
+        for t in range(steps):
+            xi, hh = torch.nn.functional.linear(layer_input[:, t], w_ih, b_ih), torch.nn.functional.linear(h, w_hh, b_hh)
+            if isinstance(rnn, torch.nn.LSTM):
+                i, f, g, o = (xi + hh).chunk(4, dim=1)
+                i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+                c = f * c + i * g
+                h = o * torch.tanh(c)
+                per_step.append(torch.stack([i, f, g, o, c, h]))
+            else:
+                xr, xz, xn = xi.chunk(3, dim=1)
+                hr, hz, hn = hh.chunk(3, dim=1)
+                r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+                n = torch.tanh(xn + r * hn)
+                h = (1 - z) * n + z * h
+                per_step.append(torch.stack([z, r, n, h]))
+        stacked = torch.stack(per_step, dim=2)  # [gate, B, T, H]
+        names = "ifgoch" if isinstance(rnn, torch.nn.LSTM) else "zrnh"
+        for k, name in enumerate(names):
+            gates[f"l{layer}.{name}"] = stacked[k]
+        layer_input = stacked[-1]
+    return gates
+
+
+def _export_for_bench(module: torch.nn.Module, x: torch.Tensor) -> onnx.ModelProto:
+    """Export a bare recurrent module (legacy exporter: one fused node per layer)."""
+    import io
+    import warnings
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x[:2],), buffer, dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch", 1: "time"}})
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def bench_builtin(kinds=("LSTM", "GRU"), batch: int = 256, steps: int = 100, input_size: int = 16,
+                  hidden: int = 128, layers: int = 2, repeats: int = 7) -> list[BenchRow]:
+    """The reference cases of the issue: 2-layer LSTM and GRU, 256 windows × 100 steps, 2 threads."""
+    torch.set_num_threads(THREADS)
+    rows = []
+    for kind in kinds:
+        torch.manual_seed(0)
+        rnn = getattr(torch.nn, kind)(input_size, hidden, num_layers=layers, batch_first=True).eval()
+        x = torch.randn(batch, steps, input_size)
+        fused = _export_for_bench(rnn, x)
+        exposed, _ = expose_gates(fused)
+        s_fused, s_exposed, feed = session(fused), session(exposed), {"x": x.numpy()}
+
+        def torch_loop():
+            with torch.no_grad():
+                return capture_gates_torch(rnn, x)
+
+        t = time_interleaved({"fused": lambda: s_fused.run(None, feed), "exposed": lambda: s_exposed.run(None, feed),
+                              "torch": torch_loop}, repeats)
+        case = f"{layers}-layer {kind}, in {input_size}, hidden {hidden}, {batch}×{steps}"
+        rows.append(BenchRow(case, t["fused"], t["exposed"], t["torch"]))
+    return rows
+
+
+def bench_onnx(model: onnx.ModelProto, windows: np.ndarray, case: str, repeats: int = 7) -> BenchRow:
+    """Fused vs exposed for a user's own model on a batch of its windows."""
+    exposed, _ = expose_gates(model)
+    name = model.graph.input[0].name
+    s_fused, s_exposed, feed = session(model), session(exposed), {name: windows}
+    t = time_interleaved({"fused": lambda: s_fused.run(None, feed), "exposed": lambda: s_exposed.run(None, feed)}, repeats)
+    return BenchRow(case, t["fused"], t["exposed"], None)
+
+
+def format_rows(rows: list[BenchRow]) -> str:
+    """A plain-text table: median times and the two ratios with their goals."""
+    lines = [f"{'case':46} {'fused':>9} {'exposed':>9} {'torch loop':>11} {'exposed/fused':>14} {'torch/exposed':>14}",
+             f"{'':46} {'(ms)':>9} {'(ms)':>9} {'(ms)':>11} {'(goal ≤1.3)':>14} {'(goal ≥2)':>14}"]
+    for r in rows:
+        loop = "—" if r.torch_loop_s is None else f"{r.torch_loop_s * 1e3:.1f}"
+        speedup = "—" if r.speedup_vs_torch is None else f"{r.speedup_vs_torch:.2f}×"
+        lines.append(f"{r.case:46} {r.fused_s * 1e3:9.1f} {r.exposed_s * 1e3:9.1f} {loop:>11} {r.overhead:13.2f}× {speedup:>14}")
+    return "\n".join(lines)

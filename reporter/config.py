@@ -1,0 +1,128 @@
+"""Read `reporter.toml`: the site's title and output folder, and the runs to report.
+
+    [site]
+    title = "…"
+    output = "site"
+
+    [[runs]]
+    model = "forecaster"          version = "v2"
+    checkpoint = "….pt"           factory = "package.module:function"
+    factory_kwargs = { … }        windows = "….npz"          baseline = "v1"
+
+Paths are relative to the config file's folder. Mistakes are one-line `ConfigError`s naming the
+file, the line (for syntax errors) or the key, with the nearest valid key suggested.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reporter.errors import ConfigError
+
+__all__ = ["RunConfig", "SiteConfig", "load_config"]
+
+_SITE_KEYS = {"title", "output"}
+_RUN_KEYS = {"model", "version", "checkpoint", "factory", "factory_kwargs", "windows", "baseline", "trust_pickle"}
+_REQUIRED_RUN_KEYS = ("model", "version", "checkpoint", "windows")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One checkpoint to replay and report."""
+
+    model: str
+    version: str
+    checkpoint: Path
+    windows: Path
+    factory: str | None = None
+    factory_kwargs: dict = field(default_factory=dict)
+    baseline: str | None = None
+    trust_pickle: bool = False
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """The whole configuration file."""
+
+    path: Path
+    title: str
+    output: Path
+    runs: tuple[RunConfig, ...]
+
+
+def _check_keys(path: Path, where: str, table: dict, allowed: set[str]) -> None:
+    """Refuse unknown keys, suggesting the closest known one."""
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(allowed))}"
+            raise ConfigError(f"{path}: unknown key {key!r} in {where}{hint}")
+
+
+def _string(path: Path, where: str, table: dict, key: str, required: bool = False) -> str | None:
+    value = table.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(f"{path}: {where} is missing {key!r}")
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{path}: {where}.{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _run(path: Path, index: int, table: dict) -> RunConfig:
+    where = f"[[runs]] #{index + 1}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: {where} must be a table")
+    _check_keys(path, where, table, _RUN_KEYS)
+    values = {key: _string(path, where, table, key, required=True) for key in _REQUIRED_RUN_KEYS}
+    kwargs = table.get("factory_kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{path}: {where}.factory_kwargs must be a table, got {kwargs!r}")
+    trust = table.get("trust_pickle", False)
+    if not isinstance(trust, bool):
+        raise ConfigError(f"{path}: {where}.trust_pickle must be true or false")
+    base = path.parent
+    return RunConfig(
+        model=values["model"], version=values["version"],
+        checkpoint=base / values["checkpoint"], windows=base / values["windows"],
+        factory=_string(path, where, table, "factory"), factory_kwargs=kwargs,
+        baseline=_string(path, where, table, "baseline"), trust_pickle=trust,
+    )
+
+
+def load_config(path: Path) -> SiteConfig:
+    """Parse and validate a site configuration file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    _check_keys(path, "the top level", data, {"site", "runs"})
+    site = data.get("site", {})
+    if not isinstance(site, dict):
+        raise ConfigError(f"{path}: [site] must be a table")
+    _check_keys(path, "[site]", site, _SITE_KEYS)
+    runs = data.get("runs", [])
+    if not isinstance(runs, list) or not runs:
+        raise ConfigError(f"{path}: needs at least one [[runs]] table")
+    parsed = tuple(_run(path, k, table) for k, table in enumerate(runs))
+    seen: set[tuple[str, str]] = set()
+    for run in parsed:
+        if (run.model, run.version) in seen:
+            raise ConfigError(f"{path}: two runs are model {run.model!r} version {run.version!r}")
+        seen.add((run.model, run.version))
+    versions = {(run.model, run.version) for run in parsed}
+    for run in parsed:
+        if run.baseline is not None and (run.model, run.baseline) not in versions:
+            raise ConfigError(f"{path}: run {run.model} {run.version} has baseline {run.baseline!r}, which is not a version of {run.model!r} here")
+    title = _string(path, "[site]", site, "title") or "Gate Reporter"
+    output = path.parent / (_string(path, "[site]", site, "output") or "site")
+    return SiteConfig(path=path, title=title, output=output, runs=parsed)
