@@ -239,13 +239,23 @@ class _Body:
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
 
-    def add_input(self, hint: str, elem_type=TensorProto.FLOAT) -> str:
+    def shape(self, last: int, directions: int | None = None) -> list:
+        """A per-step shape: [batch, last] with one direction, else [directions, batch, last].
+
+        onnxruntime's Scan needs ranked shapes on the body's outputs even when the outer graph
+        carries none, so they are declared here with a symbolic batch.
+        """
+        if self.spec.directions == 1:
+            return ["batch", last]
+        return [directions or self.spec.directions, "batch", last]
+
+    def add_input(self, hint: str, last: int, elem_type=TensorProto.FLOAT, directions: int | None = None) -> str:
         name = self.b.fresh(hint)
-        self.inputs.append(helper.make_tensor_value_info(name, elem_type, None))
+        self.inputs.append(helper.make_tensor_value_info(name, elem_type, self.shape(last, directions)))
         return name
 
     def add_output(self, name: str) -> None:
-        self.outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+        self.outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, self.shape(self.spec.hidden_size)))
 
     def gate(self, pre: str, which: int) -> str:
         """Clip (when set) and activate a gate pre-activation with activation `which` (f, g, h)."""
@@ -390,20 +400,21 @@ def _initial_state(b: _Builder, spec: RecurrentSpec, slot: str, x_tbi: str) -> s
     return b.op("ConstantOfShape", shape, value=numpy_helper.from_array(np.zeros(1, np.float32)))
 
 
-def _step_mask(b: _Builder, x_tbi: str, lens: str, directions: int) -> str:
-    """Bool, is step t inside sequence b's length: [T, B, 1], or [T, 1, B, 1] for two directions."""
+def _step_mask(b: _Builder, x_tbi: str, lens: str) -> str:
+    """Bool [T, 1, B, 1]: is step t inside sequence b's length?"""
     steps = b.op("Range", b.const(0, np.int64), b.squeeze(b.slice(b.op("Shape", x_tbi), 0, 1, 0), 0), b.const(1, np.int64))
     valid = b.op("Less", b.unsqueeze(steps, 1), b.unsqueeze(lens, 0))  # [T, B]
-    return b.unsqueeze(valid, 2) if directions == 1 else b.unsqueeze(valid, 1, 3)
+    return b.unsqueeze(valid, 1, 3)
 
 
 def _build_body(spec: RecurrentSpec, b: _Builder, w: dict, masked: bool) -> onnx.GraphProto:
     """The Scan body: states (h[, c]) and one step of X·W in; new states and every gate out."""
     body = _Body(spec, b)
-    h_prev = body.add_input("h_prev")
-    c_prev = body.add_input("c_prev") if spec.kind == "LSTM" else None
-    xw = body.add_input("xw_t")
-    valid = body.add_input("valid_t", TensorProto.BOOL) if masked else None
+    hs = spec.hidden_size
+    h_prev = body.add_input("h_prev", hs)
+    c_prev = body.add_input("c_prev", hs) if spec.kind == "LSTM" else None
+    xw = body.add_input("xw_t", GATE_BLOCKS[spec.kind] * hs)
+    valid = body.add_input("valid_t", 1, TensorProto.BOOL, directions=1) if masked else None
     if spec.kind == "LSTM":
         gates, h, c = _lstm_step(body, w, h_prev, c_prev, xw)
     elif spec.kind == "GRU":
@@ -451,8 +462,8 @@ def build_scan_rewrite(spec: RecurrentSpec, taken: set[str], prefix: str, gate_o
     states = [_initial_state(b, spec, "initial_h", x_tbi)]
     if spec.kind == "LSTM":
         states.append(_initial_state(b, spec, "initial_c", x_tbi))
-    valid = _step_mask(b, x_tbi, lens, spec.directions) if lens else None
-    scan_inputs = [xw] + ([valid] if valid else [])
+    valid = _step_mask(b, x_tbi, lens) if lens else None  # [T, 1, B, 1]
+    scan_inputs = [xw] + ([valid if spec.directions == 2 else b.squeeze(valid, 1)] if valid else [])
     body = _build_body(spec, _Builder(taken, f"{prefix}/body"), w, masked=valid is not None)
     finals = [b.fresh("h_last")] + ([b.fresh("c_last")] if spec.kind == "LSTM" else [])
     gates = _gates_from_loop(spec)
