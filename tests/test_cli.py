@@ -1,0 +1,87 @@
+"""The gate-report command: exit codes, one-line errors, and what export writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from reporter.cli import main
+from reporter.expose import layers_from_json
+from tests.tiny_models import save_tiny, tiny_forecaster
+
+FACTORY = "tests.tiny_models:tiny_forecaster"
+
+
+def test_export_writes_exposed_model_and_manifest(tmp_path, capsys):
+    checkpoint, windows = save_tiny(tmp_path)
+    out = tmp_path / "tiny.onnx"
+    code = main(["export", str(checkpoint), "--factory", FACTORY, "--kwargs", '{"hidden": 6}',
+                 "--windows", str(windows), "-o", str(out)])
+    assert code == 0
+    layers = layers_from_json((tmp_path / "tiny.layers.json").read_text())
+    assert [(l.name, l.kind, l.hidden_size, l.directions) for l in layers] == [("rnn.l0", "LSTM", 6, 1), ("rnn.l1", "LSTM", 6, 1)]
+    assert "export parity max |Δ|" in capsys.readouterr().out
+    # The written model's first output is the torch model's output; the gates follow.
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = np.load(windows)["x"]
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x})))
+    with torch.no_grad():
+        expected = tiny_forecaster().eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(session.run(None, {"x": x})[0] - expected).max() < 1e-5
+    assert outputs[layers[1].outputs["h"]].shape == (10, 7, 1, 6)
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
+
+
+def run_cli(*args, cwd):
+    """Run gate-report in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "reporter.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda p: ["export", str(p / "missing.pt"), "-o", str(p / "o.onnx")], "missing.pt"),
+    (lambda p: ["export", str(p / "junk.pt"), "--factory", FACTORY, "-o", str(p / "o.onnx")], "junk.pt"),
+    (lambda p: ["export", str(p / "tiny.pt"), "--factory", "no_such_pkg.mod:f", "-o", str(p / "o.onnx")], "no_such_pkg"),
+    (lambda p: ["export", str(p / "tiny.pt"), "--factory", FACTORY, "--kwargs", "{hidden: 6}", "-o", str(p / "o.onnx")], "--kwargs: not valid JSON"),
+    (lambda p: ["export", str(p / "tiny.pt"), "--factory", FACTORY, "--kwargs", '{"hidden": 9}', "-o", str(p / "o.onnx")], "tiny.pt"),
+    (lambda p: ["export", str(p / "tiny.pt"), "--factory", FACTORY, "-o", str(p)], "is a directory"),
+    (lambda p: ["export", str(p / "tiny.pt"), "--factory", FACTORY, "-o", str(p / "nowhere" / "o.onnx")], "does not exist"),
+    (lambda p: ["export", str(p / "tiny.pt"), "--factory", FACTORY, "--windows", str(p / "bad.npz"), "-o", str(p / "o.onnx")], "bad.npz: no array named 'x'; it has y"),
+    (lambda p: ["build", "--config", str(p / "missing.toml")], "missing.toml: no such file"),
+])
+def test_bad_input_is_exit_2_with_one_line(tmp_path, make_args, message):
+    save_tiny(tmp_path)
+    (tmp_path / "junk.pt").write_bytes(b"\x00not a checkpoint" * 20)
+    np.savez(tmp_path / "bad.npz", y=np.zeros(3))
+    result = run_cli(*make_args(tmp_path), cwd=None)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gate-report: error: "), result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run_cli("--debug", "export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "o.onnx"), cwd=None)
+    assert result.returncode == 2 and "Traceback" in result.stderr and "missing.pt" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["export", "bench", "build"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"gate-report {command}" in capsys.readouterr().out
+
+
+def test_usage_error_is_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export"])
+    assert exit_info.value.code == 2

@@ -1,0 +1,36 @@
+"""Tiny models with factories, importable as "tests.tiny_models:NAME" by the CLI under test."""
+
+from __future__ import annotations
+
+import torch
+
+
+class TinyForecaster(torch.nn.Module):
+    """2-layer LSTM + linear head on [B, T, F] windows."""
+
+    def __init__(self, features: int = 3, hidden: int = 6):
+        super().__init__()
+        self.rnn = torch.nn.LSTM(features, hidden, num_layers=2, batch_first=True)
+        self.head = torch.nn.Linear(hidden, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.rnn(x)
+        return self.head(y)
+
+
+def tiny_forecaster(features: int = 3, hidden: int = 6) -> TinyForecaster:
+    """Factory used in tests; seeded so every call gives the same weights."""
+    torch.manual_seed(0)
+    return TinyForecaster(features, hidden).eval()
+
+
+def save_tiny(tmp_path, features: int = 3, hidden: int = 6):
+    """Write a state_dict checkpoint and matching windows; return (checkpoint, windows) paths."""
+    import numpy as np
+
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(tiny_forecaster(features, hidden).state_dict(), checkpoint)
+    windows = tmp_path / "windows.npz"
+    rng = np.random.default_rng(1)
+    np.savez(windows, x=rng.standard_normal((10, 7, features)).astype(np.float32))
+    return checkpoint, windows
