@@ -1,0 +1,40 @@
+"""The benchmark compares like with like: its PyTorch baseline computes the same gates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reporter.bench import BenchRow, _export_for_bench, capture_gates_torch, format_rows, session, time_interleaved
+from reporter.expose import expose_gates
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_torch_baseline_captures_the_same_gates_as_the_exposed_model(kind):
+    torch.manual_seed(3)
+    rnn = getattr(torch.nn, kind)(4, 5, num_layers=2, batch_first=True).eval()
+    x = torch.randn(3, 6, 4)
+    exposed, layers = expose_gates(_export_for_bench(rnn, x))
+    sess = session(exposed)
+    outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x.numpy()})))
+    with torch.no_grad():
+        baseline = capture_gates_torch(rnn, x)
+    assert len(baseline) == sum(len(layer.outputs) for layer in layers)
+    for k, layer in enumerate(layers):
+        for gate, name in layer.outputs.items():
+            np.testing.assert_allclose(outputs[name][:, :, 0, :], baseline[f"l{k}.{gate}"].numpy(), atol=1e-5)
+
+
+def test_interleaving_calls_each_contender_once_per_round_after_a_warm_up():
+    calls = []
+    result = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
+    assert calls == ["a", "b"] * 4 and set(result) == {"a", "b"}
+
+
+def test_table_reports_ratios_against_the_baseline():
+    row = BenchRow("case", fused_s=0.1, exposed_s=0.12, torch_loop_s=0.36, fused_pair_s=0.05, exposed_pair_s=0.055)
+    assert row.overhead == pytest.approx(1.2) and row.speedup_vs_torch == pytest.approx(3.0)
+    assert row.overhead_pair == pytest.approx(1.1)
+    table = format_rows([row])
+    assert "1.20×" in table and "3.00×" in table and "1.10×" in table
