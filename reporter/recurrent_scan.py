@@ -33,16 +33,20 @@ GATES = {"LSTM": ("i", "f", "g", "o", "c", "h"), "GRU": ("z", "r", "n", "h"), "R
 GATE_BLOCKS = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"), "RNN": ("Tanh",)}
 # Activations the spec allows: (uses alpha, uses beta, default alpha, default beta).
+# Defaults follow onnxruntime, which keeps the operator defaults only for LeakyRelu, HardSigmoid
+# and Elu and uses 0 for the rest (the spec's text says "as the corresponding operator", which
+# would make ThresholdedRelu's alpha 1 and ScaledTanh's 1, 1): the exposed model must reproduce
+# the outputs users get from the original model in onnxruntime. Measured, not assumed.
 _ACTIVATION_PARAMS = {
     "relu": (False, False, 0.0, 0.0),
     "tanh": (False, False, 0.0, 0.0),
     "sigmoid": (False, False, 0.0, 0.0),
     "softsign": (False, False, 0.0, 0.0),
     "softplus": (False, False, 0.0, 0.0),
-    "affine": (True, True, 1.0, 0.0),
+    "affine": (True, True, 0.0, 0.0),
     "leakyrelu": (True, False, 0.01, 0.0),
-    "thresholdedrelu": (True, False, 1.0, 0.0),
-    "scaledtanh": (True, True, 1.0, 1.0),
+    "thresholdedrelu": (True, False, 0.0, 0.0),
+    "scaledtanh": (True, True, 0.0, 0.0),
     "hardsigmoid": (True, True, 0.2, 0.5),
     "elu": (True, False, 1.0, 0.0),
 }
@@ -170,7 +174,9 @@ class _Builder:
         """Emit a second copy of the node that produced `name`, under a fresh output name."""
         node = next(n for n in self.nodes if n.output[0] == name)
         out = self.fresh(node.op_type.lower())
-        self.nodes.append(helper.make_node(node.op_type, list(node.input), [out], name=out))
+        copy = helper.make_node(node.op_type, list(node.input), [out], name=out)
+        copy.attribute.extend(node.attribute)  # e.g. LeakyRelu's alpha
+        self.nodes.append(copy)
         return out
 
     def const(self, value, dtype=np.float32) -> str:
@@ -525,6 +531,10 @@ def build_scan_rewrite(spec: RecurrentSpec, taken: set[str], prefix: str, gate_o
         for small, full in zip(finals_2d, finals):
             b.op("Unsqueeze", small, b.ints(0), out=full)
         traces = {gate: b.unsqueeze(t, 1) for gate, t in traces.items()}
+    if lens is not None:
+        # onnxruntime's reading: a sequence of length 0 has final states 0, not its initial state.
+        nonempty = b.unsqueeze(b.op("Greater", lens, b.const(0, np.int64)), 0, 2)  # [1, B, 1]
+        finals = [b.op("Where", nonempty, final, b.const(0.0)) for final in finals]
     if "h" not in traces:  # LSTM: h = o ⊙ h(c), vectorised over all steps after the loop
         traces["h"] = b.op("Mul", traces["o"], _activate_per_direction(b, traces["c"], [a[2] for a in spec.activations], axis=1))
     for gate in GATES[spec.kind]:
