@@ -6,6 +6,7 @@
      ├── ModelError               an ONNX model that gate exposure cannot honour
      ├── WindowsError_            stored input windows that are unreadable or do not fit the model
      ├── ConfigError              reporter.toml is malformed or names something unknown
+     ├── RunError                 a run directory is missing, incomplete, corrupt or too new
      └── OutputError              an output path that cannot be written
 
 Messages name the file (or node) and the problem in one line, e.g.
@@ -21,6 +22,7 @@ __all__ = [
     "ModelError",
     "WindowsError_",
     "ConfigError",
+    "RunError",
     "OutputError",
 ]
 
@@ -47,6 +49,10 @@ class WindowsError_(ReporterError):
 
 class ConfigError(ReporterError):
     """The site configuration is malformed or names something unknown."""
+
+
+class RunError(ReporterError):
+    """A run directory is missing, incomplete, corrupt or from a newer schema."""
 
 
 class OutputError(ReporterError):

@@ -10,15 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 
+from reporter.atomic import check_output_dir, staging_dir
 from reporter.checkpoints import file_sha256
 from reporter.config import RunConfig, SiteConfig
-from reporter.errors import OutputError
 from reporter.expose import Layer
 from reporter.model_source import exposed_model_from_checkpoint
 from reporter.windows import check_windows, open_windows
@@ -71,36 +70,18 @@ def build_time() -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _swap_in(built: Path, output: Path) -> None:
-    """Replace `output` by `built` with renames only; the old site is removed last."""
-    old = None
-    if output.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=output.parent))
-        os.replace(output, old / output.name)
-    os.replace(built, output)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build_site(config: SiteConfig, output: Path | None = None, progress=print) -> Path:
     """Gather every run, render every page into a temporary folder, then swap it in."""
     output = Path(output or config.output)
-    if output.exists() and not output.is_dir():
-        raise OutputError(f"{output}: exists and is not a folder")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    check_output_dir(output)
     cards = []
     for run in config.runs:
         progress(f"gathering {run.model} {run.version} …")
         cards.append(gather_run(run))
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.building.", dir=output.parent))
-    try:
+    with staging_dir(output) as staging:
         page = environment().get_template("index.html").render(title=config.title, cards=cards, built=build_time())
         (staging / "index.html").write_text(page, encoding="utf-8")
         for name in _KEPT:
             if (output / name).is_file():
                 shutil.copy2(output / name, staging / name)
-        _swap_in(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output

@@ -1,0 +1,149 @@
+"""Write and read a run directory: everything one replay learned, in files the site and diff read.
+
+    RUN_DIR/
+      run.json               schema_version, identity, provenance hashes, settings, throughput
+      layers.json            the layer manifest (`reporter.expose.layers_to_json`)
+      gate_stats.parquet     one row per layer × direction × gate × unit (`reporter.stats`)
+      timestep_stats.parquet one row per layer × gate × timestep
+      window_scores.parquet  one row per window: window, anomaly_score, rank, the features behind it
+      explanations.parquet   for the most anomalous windows: which layer, gate and steps drove it
+      impulse.parquet        impulse-response curves (`reporter.impulse`)
+      traces.npz             full traces of the sampled windows: `window`, `reason`, `x`,
+                             `LAYER/GATE` [K, T, D, H] and `output:NAME`
+      outputs.npz            each model output's last step, per window (for output drift in diffs)
+
+A run is written into a hidden sibling folder and renamed into place (`reporter.atomic`), so a
+failed or interrupted replay leaves the previous run intact. Files are written deterministically
+(no timestamps inside the zip archives, fixed parquet settings): a run loaded and saved again is
+byte-identical.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from reporter.atomic import staging_dir
+from reporter.errors import RunError
+from reporter.expose import Layer, layers_from_json, layers_to_json
+
+__all__ = ["Run", "SCHEMA_VERSION", "TABLES", "ARRAYS"]
+
+SCHEMA_VERSION = 1
+TABLES = ("gate_stats", "timestep_stats", "window_scores", "explanations", "impulse")
+ARRAYS = ("traces", "outputs")
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold: no build time leaks in
+
+
+@dataclass
+class Run:
+    """One replay's results, as the site, `diff` and `check` read them."""
+
+    meta: dict
+    layers: list[Layer]
+    gate_stats: pd.DataFrame
+    timestep_stats: pd.DataFrame
+    window_scores: pd.DataFrame
+    explanations: pd.DataFrame
+    impulse: pd.DataFrame
+    traces: dict[str, np.ndarray] = field(default_factory=dict)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        """"model version", how pages and messages name the run."""
+        return f"{self.meta['model']} {self.meta['version']}"
+
+    def save(self, path: Path) -> Path:
+        """Write the run directory atomically; return its path."""
+        path = Path(path)
+        with staging_dir(path) as staging:
+            (staging / "run.json").write_text(_json(self.meta), encoding="utf-8")
+            (staging / "layers.json").write_text(layers_to_json(self.layers), encoding="utf-8")
+            for table in TABLES:
+                _write_parquet(getattr(self, table), staging / f"{table}.parquet")
+            for arrays in ARRAYS:
+                _write_npz(getattr(self, arrays), staging / f"{arrays}.npz")
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Run:
+        """Read a run directory, refusing one that is incomplete or from a newer schema."""
+        path = Path(path)
+        if not path.is_dir():
+            raise RunError(f"{path}: not a run directory (run `gate-report replay … -o {path}` first)")
+        meta = _read_meta(path / "run.json")
+        try:
+            layers = layers_from_json((path / "layers.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RunError(f"{path / 'layers.json'}: unreadable layer manifest ({exc})") from None
+        tables = {table: _read_parquet(path / f"{table}.parquet") for table in TABLES}
+        arrays = {name: _read_npz(path / f"{name}.npz") for name in ARRAYS}
+        return cls(meta, layers, **tables, **arrays, path=path)
+
+
+def _json(value: dict) -> str:
+    """Stable JSON: sorted keys, two-space indent, a final newline."""
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=True) + "\n"
+
+
+def _read_meta(path: Path) -> dict:
+    """run.json, checked for the schema this code reads."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path}: unreadable run metadata ({exc})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("schema_version"), int):
+        raise RunError(f"{path}: no schema_version; not a Gate Reporter run")
+    if meta["schema_version"] > SCHEMA_VERSION:
+        raise RunError(f"{path}: schema_version {meta['schema_version']} is newer than this Gate Reporter reads "
+                       f"({SCHEMA_VERSION}); upgrade gate-reporter")
+    missing = [key for key in ("model", "version", "n_windows") if key not in meta]
+    if missing:
+        raise RunError(f"{path}: missing {', '.join(missing)}")
+    return meta
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """A table with fixed writer settings (no statistics that vary, no index column)."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table, path, compression="zstd", write_statistics=False, store_schema=True)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A run table; a missing or corrupt one is a RunError naming the file."""
+    try:
+        return pq.read_table(path).to_pandas()
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise RunError(f"{path}: unreadable table ({exc})") from None
+
+
+def _write_npz(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """An .npz numpy can read, with sorted members and no timestamps (byte-identical rewrites)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(arrays):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, buffer.getvalue())
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz into memory (they are small: sampled traces, last-step outputs)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise RunError(f"{path}: unreadable arrays ({exc})") from None
