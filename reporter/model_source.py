@@ -17,7 +17,7 @@ from reporter.checkpoints import LoadedCheckpoint, load_checkpoint
 from reporter.errors import CheckpointError
 from reporter.export import export_module
 from reporter.expose import Layer, expose_gates
-from reporter.windows import check_windows, open_windows
+from reporter.windows import open_windows_source
 
 __all__ = ["ModelSource", "example_windows", "exposed_model_from_checkpoint", "fused_model_and_windows"]
 
@@ -49,8 +49,8 @@ def example_windows(module: torch.nn.Module, batch: int = 2, steps: int = 8) -> 
 
 def _real_windows(path: Path, count: int) -> np.ndarray:
     """The first `count` windows of a file, as a plain in-memory array."""
-    windows = check_windows(path, open_windows(path))
-    return np.ascontiguousarray(windows[:count])
+    source = open_windows_source(path, nan="skip")
+    return source.take(source.indices()[:count])
 
 
 def _as_model_input(windows: np.ndarray) -> np.ndarray:
@@ -59,13 +59,20 @@ def _as_model_input(windows: np.ndarray) -> np.ndarray:
 
 
 def exposed_model_from_checkpoint(path: Path, factory: str | None, factory_kwargs: dict, trust_pickle: bool,
-                                  windows: Path | None, exporter: str = "legacy") -> ModelSource:
-    """Load, export (parity measured on real windows when given) and expose a checkpoint."""
+                                  windows: Path | None, exporter: str = "legacy",
+                                  examples: np.ndarray | None = None) -> ModelSource:
+    """Load, export (parity measured on real windows when given) and expose a checkpoint.
+
+    `examples`, when given, are the windows to export and measure parity on (already read);
+    otherwise the first windows of the `windows` file, or synthetic input shaped from the module.
+    """
     loaded = load_checkpoint(path, factory, factory_kwargs, trust_pickle)
     if loaded.onnx_model is not None:
         exposed, layers = expose_gates(loaded.onnx_model)
         return ModelSource(loaded, loaded.onnx_model, exposed, layers, None, None)
-    examples = _as_model_input(_real_windows(windows, PARITY_WINDOWS) if windows else example_windows(loaded.module))
+    if examples is None:
+        examples = _real_windows(windows, PARITY_WINDOWS) if windows else example_windows(loaded.module)
+    examples = _as_model_input(examples[:PARITY_WINDOWS])
     result = export_module(loaded.module, examples, exporter=exporter, parity_windows=examples)
     exposed, layers = expose_gates(result.model)
     return ModelSource(loaded, result.model, exposed, layers, result.parity_max_abs, result.exporter)

@@ -20,7 +20,7 @@ from reporter.checkpoints import file_sha256
 from reporter.config import RunConfig, SiteConfig
 from reporter.expose import Layer
 from reporter.model_source import exposed_model_from_checkpoint
-from reporter.windows import check_windows, open_windows
+from reporter.windows import open_windows_source
 
 __all__ = ["RunCard", "gather_run", "build_site", "environment", "TEMPLATES"]
 
@@ -52,8 +52,8 @@ class RunCard:
 def gather_run(run: RunConfig) -> RunCard:
     """Export and expose one configured run, and describe it."""
     source = exposed_model_from_checkpoint(run.checkpoint, run.factory, run.factory_kwargs, run.trust_pickle, run.windows)
-    windows = check_windows(run.windows, open_windows(run.windows))
-    return RunCard(run.model, run.version, run.baseline, source.layers, int(windows.shape[0]), list(windows.shape[1:]),
+    windows = open_windows_source(run.windows)
+    return RunCard(run.model, run.version, run.baseline, source.layers, windows.n_windows, list(windows.shape[1:]),
                    source.checkpoint.sha256, file_sha256(run.windows), source.parity_max_abs, source.exporter)
 
 
