@@ -73,6 +73,13 @@ def _swap_in(built: Path, output: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it; it is put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def staging_dir(output: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `output` to fill; on success it replaces `output`, else vanishes.
@@ -84,6 +91,7 @@ def staging_dir(output: Path) -> Iterator[Path]:
     check_output_dir(output)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.building.", dir=output.parent))
     try:
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a published site must be readable
         yield staging
         _swap_in(staging, output)
     except BaseException:

@@ -30,7 +30,7 @@ def _kwargs(text: str | None) -> dict:
     return value
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+def _add_model_arguments(parser: argparse.ArgumentParser, required: bool, windows: bool = True) -> None:
     """Arguments that say how to load a model: shared by export and bench."""
     parser.add_argument("checkpoint", type=Path, nargs=None if required else "?",
                         help="checkpoint (.pt state_dict, Lightning dict, TorchScript) or .onnx file")
@@ -38,8 +38,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser, required: bool) -> Non
     parser.add_argument("--kwargs", metavar="JSON", help="keyword arguments for the factory, as a JSON object")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow a checkpoint that is a pickled module (this RUNS code from the file)")
-    parser.add_argument("--windows", type=Path, metavar="FILE",
-                        help="stored input windows (.npy, or .npz with array 'x') for examples and parity")
+    if windows:
+        parser.add_argument("--windows", type=Path, metavar="FILE",
+                            help="stored input windows (.npy, or .npz with array 'x') for examples and parity")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -65,6 +66,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     """Print what exposing gates costs: exposed ÷ fused, and ÷ a PyTorch per-step loop."""
     from reporter import bench
 
+    if args.replay:
+        from reporter import bench_replay
+
+        sizes = [_positive(size) for size in args.replay.split(",")]
+        rows = bench_replay.bench_replay(sizes, say=lambda line: print(line, file=sys.stderr, flush=True))
+        print(bench_replay.format_replay(rows))
+        return 0
     if args.checkpoint is None:
         print(f"bench: {bench.THREADS} threads, median of {args.repeats} interleaved runs", flush=True)
         print(bench.format_rows(bench.bench_builtin(repeats=args.repeats)))
@@ -76,6 +84,44 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     row = bench.bench_onnx(model, windows, f"{args.checkpoint.name}, {windows.shape[0]}×{windows.shape[1]}", args.repeats)
     print(bench.format_rows([row]))
     return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    """Replay a model over stored windows and write a run directory (atomically)."""
+    from reporter.atomic import check_output_dir
+    from reporter.checkpoints import file_sha256
+    from reporter.make_run import RunSettings, make_run
+    from reporter.model_source import exposed_model_from_checkpoint
+    from reporter.runstore import Run
+    from reporter.windows import open_windows_source
+
+    check_output_dir(args.output)
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    reference = Run.load(args.reference) if args.reference else None
+    source = open_windows_source(args.windows, key=args.key, window=args.window, stride=args.stride,
+                                 columns=args.columns.split(",") if args.columns else None, nan=args.nan)
+    if len(source.skipped):
+        say(f"skipped {len(source.skipped)} windows holding NaN or Inf (--nan skip)")
+    model = exposed_model_from_checkpoint(args.checkpoint, args.factory, _kwargs(args.kwargs), args.trust_pickle,
+                                          None, args.exporter, source=source)
+    settings = RunSettings(model=args.name or args.checkpoint.stem,
+                           version=args.version or file_sha256(args.checkpoint)[:8],
+                           provider=args.provider, batch_size=args.batch_size, workers=args.workers)
+    run = make_run(model, source, settings, reference, say)
+    run.save(args.output)
+    flagged = int((run.window_scores["rank"] <= max(1, round(0.01 * len(run.window_scores)))).sum())
+    print(f"wrote {args.output} ({run.meta['n_windows']} windows, {len(run.layers)} layers, "
+          f"{run.meta['windows_per_second']:.0f} windows/s on {run.meta['provider']}; top {flagged} anomalous windows "
+          f"in window_scores.parquet)")
+    return 0
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -102,6 +148,29 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.onnx")
     export.set_defaults(run=_cmd_export)
 
+    replay = commands.add_parser("replay", help="replay windows through the exposed model into a run directory",
+                                 description=_cmd_replay.__doc__)
+    _add_model_arguments(replay, required=True, windows=False)
+    replay.add_argument("--windows", type=Path, required=True, metavar="FILE",
+                        help="stored windows: .npy, .npz (--key), .pt, or a .parquet/.csv table (--window)")
+    replay.add_argument("-o", "--output", type=Path, required=True, metavar="RUN_DIR")
+    replay.add_argument("--name", help="model name shown in reports (default: the checkpoint's file name)")
+    replay.add_argument("--version", help="model version (default: the first 8 hex digits of the checkpoint's sha256)")
+    replay.add_argument("--reference", type=Path, metavar="RUN_DIR",
+                        help="score windows against this trusted run instead of against themselves")
+    replay.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="onnxruntime provider (auto: CUDA when onnxruntime-gpu finds a GPU)")
+    replay.add_argument("--batch-size", type=_positive, default=256, help="windows per batch (default 256)")
+    replay.add_argument("--workers", type=_positive, help="CPU sessions run side by side (default: up to 2 cores)")
+    replay.add_argument("--key", default="x", help="array name inside an .npz or .pt dict (default x)")
+    replay.add_argument("--window", type=_positive, help="steps per window, for .parquet/.csv tables")
+    replay.add_argument("--stride", type=_positive, help="steps between window starts in a table (default --window)")
+    replay.add_argument("--columns", help="comma-separated table columns to use as features (default: all numeric)")
+    replay.add_argument("--nan", choices=["error", "skip"], default="error",
+                        help="windows holding NaN/Inf: stop with an error (default) or skip them")
+    replay.add_argument("--exporter", choices=["legacy", "dynamo"], default="legacy", help="torch exporter")
+    replay.set_defaults(run=_cmd_replay)
+
     build = commands.add_parser("build", help="build the static site from reporter.toml", description=_cmd_build.__doc__)
     build.add_argument("--config", type=Path, default=Path("reporter.toml"), help="site config (default reporter.toml)")
     build.add_argument("-o", "--output", type=Path, help="output folder (default: [site] output in the config)")
@@ -111,6 +180,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_arguments(bench, required=False)
     bench.add_argument("--batch-size", type=int, default=256, help="windows per run for a given model (default 256)")
     bench.add_argument("--repeats", type=int, default=7, help="interleaved runs per contender (default 7)")
+    bench.add_argument("--replay", nargs="?", const="5000,50000", metavar="N,N",
+                       help="instead: replay throughput and peak memory of the sample forecaster over N windows, "
+                            "each size in a fresh process (default sizes 5000,50000)")
     bench.set_defaults(run=_cmd_bench)
     return parser
 

@@ -17,9 +17,9 @@ from reporter.checkpoints import LoadedCheckpoint, load_checkpoint
 from reporter.errors import CheckpointError
 from reporter.export import export_module
 from reporter.expose import Layer, expose_gates
-from reporter.windows import open_windows_source
+from reporter.windows import ModelInput, WindowSource, open_windows_source
 
-__all__ = ["ModelSource", "example_windows", "exposed_model_from_checkpoint", "fused_model_and_windows"]
+__all__ = ["ModelSource", "example_windows", "module_input", "exposed_model_from_checkpoint", "fused_model_and_windows"]
 
 PARITY_WINDOWS = 8  # windows on which export parity is measured
 
@@ -47,6 +47,16 @@ def example_windows(module: torch.nn.Module, batch: int = 2, steps: int = 8) -> 
     raise CheckpointError(f"{type(module).__name__}: has no Embedding or LSTM/GRU/RNN layer to tell its input shape; pass --windows")
 
 
+def module_input(module: torch.nn.Module) -> ModelInput:
+    """What a module takes, read from its first Embedding (token ids) or recurrent layer (features)."""
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Embedding):
+            return ModelInput("input", "tokens", vocab=layer.num_embeddings)
+        if isinstance(layer, torch.nn.RNNBase):
+            return ModelInput("input", "float", features=layer.input_size)
+    return ModelInput("input", "float")
+
+
 def _real_windows(path: Path, count: int) -> np.ndarray:
     """The first `count` windows of a file, as a plain in-memory array."""
     source = open_windows_source(path, nan="skip")
@@ -60,21 +70,30 @@ def _as_model_input(windows: np.ndarray) -> np.ndarray:
 
 def exposed_model_from_checkpoint(path: Path, factory: str | None, factory_kwargs: dict, trust_pickle: bool,
                                   windows: Path | None, exporter: str = "legacy",
-                                  examples: np.ndarray | None = None) -> ModelSource:
+                                  source: WindowSource | None = None) -> ModelSource:
     """Load, export (parity measured on real windows when given) and expose a checkpoint.
 
-    `examples`, when given, are the windows to export and measure parity on (already read);
-    otherwise the first windows of the `windows` file, or synthetic input shaped from the module.
+    `source`, when given, is the replay's opened windows: they are checked against the module's
+    input before export (so a mismatch is named as such, not as a torch error) and against the
+    exposed model after; its first windows are the export examples. Otherwise the first windows
+    of the `windows` file, or synthetic input shaped from the module, are the examples.
     """
     loaded = load_checkpoint(path, factory, factory_kwargs, trust_pickle)
     if loaded.onnx_model is not None:
         exposed, layers = expose_gates(loaded.onnx_model)
+        if source is not None:
+            source.check(ModelInput.from_onnx(exposed))
         return ModelSource(loaded, loaded.onnx_model, exposed, layers, None, None)
-    if examples is None:
+    if source is not None:
+        source.check(module_input(loaded.module))
+        examples = source.take(source.indices()[:PARITY_WINDOWS])
+    else:
         examples = _real_windows(windows, PARITY_WINDOWS) if windows else example_windows(loaded.module)
-    examples = _as_model_input(examples[:PARITY_WINDOWS])
+    examples = _as_model_input(examples)
     result = export_module(loaded.module, examples, exporter=exporter, parity_windows=examples)
     exposed, layers = expose_gates(result.model)
+    if source is not None:
+        source.check(ModelInput.from_onnx(exposed))
     return ModelSource(loaded, result.model, exposed, layers, result.parity_max_abs, result.exporter)
 
 

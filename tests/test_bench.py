@@ -38,3 +38,16 @@ def test_table_reports_ratios_against_the_baseline():
     assert row.overhead_pair == pytest.approx(1.1)
     table = format_rows([row])
     assert "1.20×" in table and "3.00×" in table and "1.10×" in table
+
+
+def test_replay_bench_windows_tile_the_stored_ones_and_the_table_reports_the_memory_ratio(tmp_path):
+    from reporter.bench_replay import WINDOWS, ReplayBench, format_replay, make_windows
+
+    base = np.load(WINDOWS)["x"]
+    made = np.load(make_windows(len(base) + 10, tmp_path / "w.npy"))
+    assert made.shape == (len(base) + 10, *base.shape[1:])
+    assert np.abs(made[len(base):] - base[:10]).max() < 0.5 and not np.array_equal(made[:10], base[:10])
+    rows = [ReplayBench(5000, 1000.0, 8000.0, 5.0, 600.0), ReplayBench(50000, 1100.0, 8800.0, 40.0, 660.0)]
+    table = format_replay(rows)
+    assert rows[0].cost == pytest.approx(8.0) and "8.00×" in table
+    assert "50000 ÷ 5000 windows: 1.10×" in table

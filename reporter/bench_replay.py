@@ -1,0 +1,132 @@
+"""`gate-report bench --replay`: replay throughput and peak memory as the number of windows grows.
+
+Each size runs in a fresh subprocess (so peak resident memory, `ru_maxrss`, is that size's alone):
+the sample forecaster is replayed with everything `gate-report replay` does (statistics, anomaly
+scores, sampled traces, impulse responses, the run directory written) over N windows made by
+tiling its stored windows with a little noise. In the same subprocess, as the baseline, the fused
+model alone runs over the same windows on the same threads. Reported: windows/s of both, their
+ratio, and peak memory per size with the ratio largest ÷ smallest (goal ≤ 1.3: memory must not
+grow with the number of windows; only the per-window rows of window_scores do, ~0.5 KB each).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ReplayBench", "bench_replay", "format_replay", "make_windows"]
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINT = ROOT / "sample_models" / "forecaster" / "v1.pt"
+FACTORY = "sample_models.forecaster.model:build"
+WINDOWS = ROOT / "sample_models" / "forecaster" / "windows.npz"
+
+
+@dataclass(frozen=True)
+class ReplayBench:
+    """One size: replay and fused-model throughput, wall time of the whole run, peak memory."""
+
+    windows: int
+    replay_wps: float  # windows/s of the replay loop (model, statistics, features)
+    fused_wps: float  # windows/s of the fused model alone, same threads and batches
+    total_s: float  # the whole run: replay, scoring, sampled traces, impulse, writing
+    peak_rss_mb: float
+
+    @property
+    def cost(self) -> float:
+        """Fused ÷ replay throughput: what the gates, statistics and features cost per window."""
+        return self.fused_wps / self.replay_wps
+
+
+def make_windows(count: int, path: Path, seed: int = 0) -> Path:
+    """Write `count` forecaster-like windows: the stored ones tiled, with a little noise."""
+    base = np.load(WINDOWS)["x"]
+    rng = np.random.default_rng(seed)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(count, *base.shape[1:]))
+    for start in range(0, count, len(base)):
+        stop = min(start + len(base), count)
+        out[start:stop] = base[: stop - start] + 0.05 * rng.standard_normal((stop - start, *base.shape[1:]))
+    out.flush()
+    del out
+    return path
+
+
+def _fused_throughput(model, source, batch_size: int, workers: int) -> float:
+    """Windows/s of the fused model alone over every window, `workers` 1-thread sessions at once."""
+    from reporter.replay import open_session
+
+    sessions = [open_session(model.SerializeToString(), "cpu") for _ in range(workers)]
+    name = sessions[0].get_inputs()[0].name
+    batches, lock = source.batches(batch_size), threading.Lock()
+
+    def work(session) -> None:
+        while True:
+            with lock:
+                item = next(batches, None)
+            if item is None:
+                return
+            session.run(None, {name: item[1]})
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(s,)) for s in sessions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return source.n_windows / (time.perf_counter() - start)
+
+
+def child(count: int, batch_size: int) -> dict:
+    """Run in the subprocess: one full replay of `count` windows, then the fused baseline."""
+    import resource
+
+    from reporter.make_run import RunSettings, make_run
+    from reporter.model_source import exposed_model_from_checkpoint
+    from reporter.windows import open_windows_source
+
+    with tempfile.TemporaryDirectory() as folder:
+        source = open_windows_source(make_windows(count, Path(folder) / "windows.npy"))
+        start = time.perf_counter()
+        model = exposed_model_from_checkpoint(CHECKPOINT, FACTORY, {}, False, None, source=source)
+        run = make_run(model, source, RunSettings("forecaster", "bench", provider="cpu", batch_size=batch_size))
+        run.save(Path(folder) / "run")
+        total = time.perf_counter() - start
+        fused = _fused_throughput(model.fused, source, batch_size, run.meta["workers"])
+    return {"windows": count, "replay_wps": run.meta["windows_per_second"], "fused_wps": fused, "total_s": total,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def bench_replay(sizes=(5000, 50000), batch_size: int = 256, say=print) -> list[ReplayBench]:
+    """Measure each size in its own subprocess."""
+    rows = []
+    for count in sizes:
+        say(f"replaying {count} windows in a fresh process …")
+        code = f"import json, reporter.bench_replay as b; print(json.dumps(b.child({count}, {batch_size})))"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"replay benchmark of {count} windows failed:\n{done.stderr}")
+        rows.append(ReplayBench(**json.loads(done.stdout.strip().splitlines()[-1])))
+    return rows
+
+
+def format_replay(rows: list[ReplayBench]) -> str:
+    """A plain-text table, and the peak-memory ratio largest ÷ smallest run."""
+    lines = [f"{'windows':>8} {'replay win/s':>13} {'fused win/s':>12} {'fused/replay':>13} {'whole run s':>12} "
+             f"{'peak RSS MB':>12}"]
+    for r in rows:
+        lines.append(f"{r.windows:>8} {r.replay_wps:>13.0f} {r.fused_wps:>12.0f} {r.cost:>12.2f}× {r.total_s:>12.1f} "
+                     f"{r.peak_rss_mb:>12.0f}")
+    if len(rows) > 1:
+        ratio = rows[-1].peak_rss_mb / rows[0].peak_rss_mb
+        lines.append(f"peak memory {rows[-1].windows} ÷ {rows[0].windows} windows: {ratio:.2f}× (goal ≤ 1.3: flat)")
+    lines.append("replay: 2×1-thread sessions with statistics and anomaly features per batch; fused: the unmodified "
+                 "model alone on the same batches and threads.")
+    return "\n".join(lines)

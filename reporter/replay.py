@@ -1,0 +1,206 @@
+"""Replay the gate-exposed model over stored windows and fold every batch into accumulators.
+
+Per batch: run onnxruntime, feed each gate trace to the statistics accumulators, keep each
+window's anomaly features and last-step model outputs (a few hundred bytes per window), and drop
+the traces. Memory therefore stays flat however many windows there are.
+
+On the CPU, replay runs one single-thread session per core, each on its own batches, with its own
+accumulators, merged at the end (`reporter/stats.py` merges exactly). That is what keeps the
+exposed model near the fused model's speed: the exposed loop body is many small operations that
+one session's thread pool splits poorly (see `gate-report bench`, "2×1"). onnxruntime and the
+numpy kernels release the GIL, so threads are enough. On CUDA, one session does all batches.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+from tqdm import tqdm
+
+from reporter.anomaly import feature_names, window_features
+from reporter.errors import ReporterError
+from reporter.expose import Layer
+from reporter.stats import RunStats, StatsConfig
+from reporter.windows import WindowSource
+
+__all__ = ["ReplayResult", "Replayer", "choose_provider", "model_output_names", "open_session"]
+
+MAX_OUTPUT_VALUES = 4096  # last-step output values kept per window (more: the output is not kept)
+
+
+def choose_provider(requested: str) -> tuple[str, str]:
+    """Pick "cpu" or "cuda" for `--provider auto|cpu|cuda`; return it and a line saying why."""
+    available = ort.get_available_providers()
+    has_cuda = "CUDAExecutionProvider" in available
+    if requested == "cpu":
+        return "cpu", "provider: cpu (requested)"
+    if requested == "cuda":
+        if not has_cuda:
+            raise ReporterError("--provider cuda: onnxruntime has no CUDA provider here (install gate-reporter[gpu], "
+                                "i.e. onnxruntime-gpu, on a machine with an NVIDIA GPU), or use --provider cpu")
+        return "cuda", "provider: cuda (requested)"
+    if requested != "auto":
+        raise ReporterError(f"--provider {requested}: expected auto, cpu or cuda")
+    if has_cuda:
+        return "cuda", "provider: cuda (auto: onnxruntime-gpu found the CUDA provider)"
+    return "cpu", "provider: cpu (auto: no CUDA provider in this onnxruntime; install gate-reporter[gpu] for GPUs)"
+
+
+def open_session(model: bytes, provider: str, threads: int = 1) -> ort.InferenceSession:
+    """An onnxruntime session on the CPU (`threads` intra-op threads) or on CUDA."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # warnings about unused initializers etc. are not the user's business
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(model, options, providers=providers)
+    if provider == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+        raise ReporterError("--provider cuda: onnxruntime could not start the CUDA provider (is a GPU visible, and do "
+                            "the CUDA/cuDNN libraries match onnxruntime-gpu?); use --provider cpu")
+    return session
+
+
+def model_output_names(model: onnx.ModelProto, layers: list[Layer]) -> list[str]:
+    """The graph outputs that are the model's own (everything but the exposed gates), in order."""
+    gate_outputs = {name for layer in layers for name in layer.outputs.values()}
+    return [output.name for output in model.graph.output if output.name not in gate_outputs]
+
+
+@dataclass
+class ReplayResult:
+    """What replay keeps: merged accumulators, and per window its features and last-step outputs."""
+
+    stats: RunStats
+    features: pd.DataFrame  # window, then one column per anomaly feature, in window order
+    outputs: dict[str, np.ndarray]  # output name -> [N, ...] last step per window, in window order
+    provider: str
+    seconds: float
+    workers: int
+
+    @property
+    def windows_per_second(self) -> float:
+        """Replay throughput: windows divided by wall time (model, statistics and features)."""
+        return len(self.features) / self.seconds if self.seconds > 0 else float("nan")
+
+
+@dataclass
+class _Rows:
+    """Per-window results, preallocated for every window at the start (one allocation, no growth
+    by batches, no fragmentation): anomaly features and each model output's last step."""
+
+    windows: np.ndarray  # file indices of the replayed windows, ascending
+    features: np.ndarray  # [N, F] float32
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def put(self, indices: np.ndarray, features: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+        """Store one batch's rows at its windows' positions."""
+        positions = np.searchsorted(self.windows, indices)
+        self.features[positions] = features
+        for name, last in outputs.items():
+            if name not in self.outputs:
+                with self.lock:
+                    self.outputs.setdefault(name, np.full((len(self.windows), *last.shape[1:]), np.nan, np.float32))
+            self.outputs[name][positions] = last
+
+
+def _last_step(value: np.ndarray) -> np.ndarray | None:
+    """A model output's value at the last step per window ([B, T, ...] → [B, ...]), if small enough."""
+    per_window = value[:, -1] if value.ndim >= 3 else value
+    if per_window[0].size > MAX_OUTPUT_VALUES:
+        return None
+    return np.asarray(per_window, dtype=np.float32)
+
+
+class Replayer:
+    """Runs an exposed model over windows: `run_batch` for a few windows, `replay` for all of them."""
+
+    def __init__(self, exposed: onnx.ModelProto, layers: list[Layer], provider: str = "cpu",
+                 workers: int | None = None, stats_config: StatsConfig | None = None):
+        self.layers, self.provider, self.stats_config = layers, provider, stats_config or StatsConfig()
+        self.model_bytes = exposed.SerializeToString()
+        self.output_names = model_output_names(exposed, layers)
+        self.workers = 1 if provider == "cuda" else max(1, workers or min(2, os.cpu_count() or 1))
+        self._sessions = [open_session(self.model_bytes, provider) for _ in range(self.workers)]
+        self.input_name = self._sessions[0].get_inputs()[0].name
+        self.names = [output.name for output in self._sessions[0].get_outputs()]
+
+    def run_batch(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """Every graph output (model outputs and gates) for a few windows."""
+        return dict(zip(self.names, self._sessions[0].run(None, {self.input_name: windows})))
+
+    def gates(self, outputs: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        """Regroup a batch's graph outputs as {layer name: {gate: [B, T, D, H]}}."""
+        return {layer.name: {gate: outputs[name] for gate, name in layer.outputs.items()} for layer in self.layers}
+
+    def replay(self, source: WindowSource, batch_size: int = 256, progress: bool | None = None) -> ReplayResult:
+        """Replay every window of `source`; a progress bar with windows/s when stderr is a terminal."""
+        shards = [RunStats(self.layers, self.stats_config) for _ in range(self.workers)]
+        rows = _Rows(source.indices(), np.empty((source.n_windows, len(feature_names(self.layers))), np.float32))
+        batches = source.batches(batch_size)
+        lock, failure = threading.Lock(), []
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = tqdm(total=source.n_windows, unit="win", desc="replay", disable=not show, smoothing=0.1,
+                   dynamic_ncols=True, file=sys.stderr)
+        start = time.perf_counter()
+        threads = [threading.Thread(target=self._work, args=(session, shard, rows, batches, lock, failure, bar),
+                                    daemon=True)
+                   for session, shard in zip(self._sessions, shards)]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)  # short joins keep Ctrl-C responsive
+        except BaseException:
+            failure.append(None)  # tell the workers to stop after their current batch
+            raise
+        finally:
+            bar.close()
+        if failure:
+            raise failure[0]
+        return self._result(shards, rows, time.perf_counter() - start)
+
+    def _work(self, session: ort.InferenceSession, stats: RunStats, rows: _Rows, batches: Iterator,
+              lock: threading.Lock, failure: list, bar: tqdm) -> None:
+        """One worker: take the next batch, run it, fold it into this worker's shard; until none is left."""
+        try:
+            while not failure:
+                with lock:  # the windows reader is a generator: one reader at a time
+                    item = next(batches, None)
+                if item is None:
+                    return
+                indices, windows = item
+                outputs = dict(zip(self.names, session.run(None, {self.input_name: windows})))
+                self._fold(stats, rows, indices, outputs)
+                bar.update(len(indices))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
+            failure.append(exc)
+
+    def _fold(self, stats: RunStats, rows: _Rows, indices: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+        """Fold one batch into a worker's accumulators and store its per-window rows; drop the traces."""
+        gates = self.gates(outputs)
+        for layer, by_gate in gates.items():
+            for gate, trace in by_gate.items():
+                stats.update(layer, gate, trace)
+        last_steps = {name: _last_step(outputs[name]) for name in self.output_names}
+        rows.put(indices, window_features(gates, self.layers, self.stats_config),
+                 {name: last for name, last in last_steps.items() if last is not None})
+
+    def _result(self, shards: list[RunStats], rows: _Rows, seconds: float) -> ReplayResult:
+        """Merge the workers' accumulators; per-window rows are already in window order."""
+        stats = shards[0]
+        for shard in shards[1:]:
+            stats = stats.merge(shard)
+        frame = pd.DataFrame(rows.features, columns=feature_names(self.layers), copy=False)
+        frame.insert(0, "window", rows.windows)
+        return ReplayResult(stats, frame, rows.outputs, self.provider, seconds, self.workers)

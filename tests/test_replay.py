@@ -1,0 +1,190 @@
+"""Replay: batches and workers change nothing but speed; the run directory it writes round-trips;
+every bad-window case is exit 2 with one line naming the file, and leaves the previous run intact."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+
+from reporter.anomaly import feature_names, window_features
+from reporter.cli import main
+from reporter.make_run import RunSettings, make_run, sample_windows
+from reporter.model_source import exposed_model_from_checkpoint
+from reporter.replay import Replayer
+from reporter.runstore import Run
+from reporter.stats import RunStats
+from reporter.windows import open_windows_source
+from tests.tiny_models import save_tiny
+
+FACTORY = "tests.tiny_models:tiny_forecaster"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny 2-layer LSTM, its exposed model, and 37 windows of 9 steps."""
+    folder = tmp_path_factory.mktemp("tiny")
+    checkpoint, _ = save_tiny(folder)
+    windows = folder / "w.npy"
+    np.save(windows, np.random.default_rng(7).standard_normal((37, 9, 3)).astype(np.float32))
+    model = exposed_model_from_checkpoint(checkpoint, FACTORY, {}, False, windows)
+    return checkpoint, windows, model
+
+
+def _assert_frames_close(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    assert list(a.columns) == list(b.columns) and len(a) == len(b)
+    for column in a.columns:
+        left, right = a[column].to_numpy(), b[column].to_numpy()
+        if left.dtype.kind in "fc":
+            np.testing.assert_allclose(left, right, rtol=1e-5, atol=1e-6, err_msg=column)
+        elif left.dtype == object and len(left) and isinstance(left[0], np.ndarray):
+            assert all(np.array_equal(x, y) for x, y in zip(left, right)), column
+        else:
+            assert np.array_equal(left, right), column
+
+
+def test_replay_equals_one_pass_over_the_full_traces_whatever_the_batches_and_workers(tiny):
+    _, windows, model = tiny
+    source = open_windows_source(windows)
+    x = source.take(source.indices())
+    session = ort.InferenceSession(model.exposed.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    full = dict(zip(names, session.run(None, {"x": x})))
+    gates = {layer.name: {gate: full[name] for gate, name in layer.outputs.items()} for layer in model.layers}
+    one_pass = RunStats(model.layers)
+    for layer, by_gate in gates.items():
+        for gate, trace in by_gate.items():
+            one_pass.update(layer, gate, trace)
+    expected = one_pass.to_frames()
+    expected_features = window_features(gates, model.layers)
+    for batch_size, workers in [(37, 1), (5, 1), (4, 2), (1, 2)]:
+        result = Replayer(model.exposed, model.layers, "cpu", workers).replay(source, batch_size, progress=False)
+        frames = result.stats.to_frames()
+        _assert_frames_close(frames.gate_stats, expected.gate_stats)
+        _assert_frames_close(frames.timestep_stats, expected.timestep_stats)
+        assert result.features["window"].tolist() == list(range(37))
+        np.testing.assert_allclose(result.features[feature_names(model.layers)].to_numpy(), expected_features,
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(result.outputs[names[0]], full[names[0]][:, -1], rtol=1e-6)
+        assert result.workers == workers and result.windows_per_second > 0
+
+
+def test_sampled_windows_are_fixed_random_then_most_anomalous_without_repeats():
+    kept = np.arange(0, 100, 2)
+    ranked = np.array([98, 0, 40, 12, 14])
+    indices, reasons = sample_windows(kept, ranked, RunSettings("m", "v", fixed_samples=3, random_samples=2,
+                                                                anomalous_samples=3))
+    assert indices[:3].tolist() == [0, 48, 98] and set(indices[3:5]) <= set(kept)
+    assert reasons.tolist() == ["fixed"] * 3 + ["random"] * 2 + ["anomalous"] * 3
+    assert len(set(indices.tolist())) == 8 and not {0, 98} & set(indices[5:].tolist())
+
+
+def test_make_run_writes_a_run_directory_that_round_trips(tiny, tmp_path):
+    _, windows, model = tiny
+    source = open_windows_source(windows)
+    run = make_run(model, source, RunSettings("tiny", "v1", provider="cpu", batch_size=8, impulse_windows=5))
+    run.save(tmp_path / "run")
+    loaded = Run.load(tmp_path / "run")
+    assert loaded.meta["n_windows"] == 37 and loaded.meta["seq_len"] == 9 and loaded.meta["schema_version"] >= 1
+    assert loaded.meta["windows"]["sha256"] == source.sha256()
+    assert sorted(loaded.window_scores["rank"]) == list(range(1, 38))
+    assert set(loaded.traces["reason"]) == {"fixed", "random", "anomalous"}
+    top = loaded.window_scores.nsmallest(1, "rank")["window"].item()
+    assert top in loaded.traces["window"]  # among the anomalous ones, unless already fixed or random
+    assert set(loaded.explanations["window"]) <= set(loaded.traces["window"].tolist())
+    np.testing.assert_array_equal(loaded.traces["x"], source.take(loaded.traces["window"]))
+    assert loaded.traces["rnn.l1/h"].shape == (len(loaded.traces["window"]), 9, 1, 6)
+    assert {"rnn.l0/h", "rnn.l1/c", "output:" + next(iter(loaded.outputs))} <= set(loaded.impulse["target"])
+    _assert_frames_close(loaded.gate_stats, run.gate_stats)
+    loaded.save(tmp_path / "again")
+    for name in ("gate_stats.parquet", "window_scores.parquet", "traces.npz", "run.json"):
+        assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
+
+
+def _replay(tmp_path, windows, *extra):
+    return main(["replay", str(tmp_path / "tiny.pt"), "--factory", FACTORY, "--windows", str(windows),
+                 "-o", str(tmp_path / "run"), "--version", "v1", "--provider", "cpu", *extra])
+
+
+def test_replay_command_writes_the_run_and_skips_nan_windows_on_request(tmp_path, capsys):
+    save_tiny(tmp_path)
+    x = np.random.default_rng(0).standard_normal((12, 6, 3)).astype(np.float32)
+    x[4, 2, 0] = np.nan
+    np.save(tmp_path / "w.npy", x)
+    assert _replay(tmp_path, tmp_path / "w.npy", "--nan", "skip", "--batch-size", "5") == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 windows holding NaN or Inf" in captured.err and "wrote" in captured.out
+    run = Run.load(tmp_path / "run")
+    assert run.meta["n_windows"] == 11 and run.meta["windows"]["skipped_nan"] == 1
+    assert 4 not in run.window_scores["window"].tolist()
+    assert run.meta["model"] == "tiny" and run.meta["version"] == "v1"
+
+
+BAD_WINDOWS = [
+    ("missing.npy", None, "missing.npy: no such file"),
+    ("empty.npy", b"", "empty.npy: is empty"),
+    ("garbage.npy", b"\x93NUMPY\x01\x00garbage" * 9, "garbage.npy: not a readable .npy file"),
+    ("keys.npz", {"inputs": np.zeros((2, 6, 3), np.float32)}, "keys.npz: no array named 'x'; it has inputs"),
+    ("rank.npy", np.zeros((4, 6), np.float32), r"rank.npy: float windows must be [N, T, F], got shape [4, 6]"),
+    ("zero.npy", np.zeros((0, 6, 3), np.float32), "zero.npy: holds no windows"),
+    ("features.npy", np.zeros((4, 6, 5), np.float32), "features.npy: expected 3 features per step, got 5"),
+    ("tokens.npy", np.zeros((4, 6), np.int64), "tokens.npy: the model takes float series [N, T, F]"),
+    ("dtype.npy", np.zeros((4, 6, 3), bool), "dtype.npy: windows must be float or integer, got dtype bool"),
+    ("nan.npy", np.full((4, 6, 3), np.inf, np.float32), "nan.npy: 4 of 4 windows hold NaN or Inf"),
+    ("table.csv", b"a,b,c\n1,2,3\n", "table.csv: a table needs --window"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", BAD_WINDOWS, ids=[case[0] for case in BAD_WINDOWS])
+def test_bad_windows_are_exit_2_with_one_line_and_the_previous_run_survives(tmp_path, capsys, name, content, message):
+    save_tiny(tmp_path)
+    np.save(tmp_path / "good.npy", np.random.default_rng(0).standard_normal((6, 6, 3)).astype(np.float32))
+    assert _replay(tmp_path, tmp_path / "good.npy") == 0
+    before = (tmp_path / "run" / "run.json").read_bytes()
+    capsys.readouterr()
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, dict):
+        np.savez(path, **content)
+    elif content is not None:
+        np.save(path, content)
+    assert _replay(tmp_path, path) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gate-report: error: ") and message in lines[0], lines
+    assert (tmp_path / "run" / "run.json").read_bytes() == before
+    assert Run.load(tmp_path / "run").meta["n_windows"] == 6
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
+
+
+def test_other_bad_replay_inputs_are_exit_2(tmp_path, capsys):
+    save_tiny(tmp_path)
+    np.save(tmp_path / "w.npy", np.zeros((3, 6, 3), np.float32))
+    (tmp_path / "file").write_text("not a folder")
+    main_args = ["replay", str(tmp_path / "tiny.pt"), "--factory", FACTORY, "--windows", str(tmp_path / "w.npy")]
+    assert main([*main_args, "-o", str(tmp_path / "file")]) == 2
+    assert "file: exists and is not a folder" in capsys.readouterr().err
+    assert main([*main_args, "-o", str(tmp_path / "r"), "--reference", str(tmp_path / "nothing")]) == 2
+    assert "nothing" in capsys.readouterr().err
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert main([*main_args, "-o", str(tmp_path / "r"), "--provider", "cuda"]) == 2
+        assert "--provider cuda: onnxruntime has no CUDA provider here" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_reference_run_scores_new_windows_against_trusted_ones(tmp_path, capsys):
+    save_tiny(tmp_path)
+    rng = np.random.default_rng(2)
+    np.save(tmp_path / "trusted.npy", rng.standard_normal((60, 6, 3)).astype(np.float32))
+    np.save(tmp_path / "new.npy", (rng.standard_normal((20, 6, 3)) * 4).astype(np.float32))
+    assert _replay(tmp_path, tmp_path / "trusted.npy") == 0
+    (tmp_path / "run").rename(tmp_path / "trusted")
+    assert _replay(tmp_path, tmp_path / "new.npy", "--reference", str(tmp_path / "trusted")) == 0
+    scored = Run.load(tmp_path / "run")
+    trusted = Run.load(tmp_path / "trusted")
+    assert scored.meta["reference"]["path"] == str(tmp_path / "trusted")
+    assert scored.window_scores["anomaly_score"].median() > trusted.window_scores["anomaly_score"].quantile(0.9)
+    json.dumps(scored.meta)  # run.json stays plain JSON
