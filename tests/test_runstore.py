@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -108,3 +109,15 @@ def test_a_run_cannot_be_saved_over_a_file(tmp_path):
     with pytest.raises(Exception, match="exists and is not a folder"):
         _run().save(tmp_path / "run")
     assert (tmp_path / "run").read_text() == "mine"
+
+
+def test_written_folders_are_readable_by_others_like_any_new_folder(tmp_path):
+    from reporter.atomic import staging_dir
+
+    mask = os.umask(0o022)
+    try:
+        with staging_dir(tmp_path / "out") as staging:
+            (staging / "index.html").write_text("ok")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755  # mkdtemp alone would leave it 0o700
