@@ -5,13 +5,20 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: site test
+.PHONY: site test chromium
 
 site: $(STAMP)
 	$(VENV)/bin/gate-report build --config reporter.toml
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PYTHON) -m pytest
+
+# The browser test drives Debian's Chromium (Playwright's own browser download does not work here).
+chromium:
+	@test -x /usr/bin/chromium || { echo "installing chromium with apt (for the browser test)"; \
+	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+	  { echo "could not install chromium: run 'apt-get install -y chromium' as root"; exit 1; }; }
 
 # torch==2.13.0 first: on these machines that is the CPU build; a bare "torch" would pull CUDA.
 $(STAMP): pyproject.toml

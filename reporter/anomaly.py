@@ -30,7 +30,8 @@ from sklearn.ensemble import IsolationForest
 from reporter.expose import Layer
 from reporter.stats import StatsConfig, gate_family
 
-__all__ = ["FEATURES", "explain_window", "feature_names", "input_space_scores", "score_windows", "window_features"]
+__all__ = ["FEATURES", "explain_window", "feature_names", "flag_threshold", "input_space_scores", "score_windows",
+           "typical_from_timestep_stats", "window_features"]
 
 FEATURES = ("mean", "std", "frac_low", "frac_high", "step_change", "peak_change", "drift", "zero_crossings")
 _Z_CLIP = 50.0  # robust z-scores beyond this carry no more information for the forest
@@ -131,12 +132,27 @@ def score_windows(features: pd.DataFrame, reference: pd.DataFrame | None = None,
     return pd.concat([frame, features[names].reset_index(drop=True).astype(np.float32)], axis=1)
 
 
+def flag_threshold(scores: np.ndarray) -> float:
+    """Scores above this are flagged: median + 3 robust standard deviations (IQR / 1.349) of the scores."""
+    q25, median, q75 = np.percentile(np.asarray(scores, np.float64), [25, 50, 75])
+    return float(median + 3 * (q75 - q25) / 1.349)
+
+
 def input_space_scores(windows: np.ndarray, seed: int = 0) -> np.ndarray:
     """A plain input-space detector to compare with: the same forest on the raw window values."""
     flat = windows.reshape(len(windows), -1).astype(np.float64)
     median, scale = _robust_scale(flat)
     standardised = np.clip((flat - median) / scale, -_Z_CLIP, _Z_CLIP)
     return -IsolationForest(n_estimators=_TREES, random_state=seed, n_jobs=1).fit(standardised).score_samples(standardised)
+
+
+def typical_from_timestep_stats(timestep_stats: pd.DataFrame) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Per layer and gate, the per-step mean and spread (IQR / 1.349) over all windows and units."""
+    typical: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for (layer, gate), rows in timestep_stats.groupby(["layer", "gate"], sort=False):
+        spread = (rows["p75"] - rows["p25"]).to_numpy(np.float64) / 1.349
+        typical.setdefault(layer, {})[gate] = (rows["mean"].to_numpy(np.float64), spread)
+    return typical
 
 
 def explain_window(window_gates: dict[str, dict[str, np.ndarray]],

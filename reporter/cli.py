@@ -129,9 +129,30 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from reporter.config import load_config
     from reporter.site import build_site
 
-    config = load_config(args.config)
-    output = build_site(config, args.output, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    only_runs = args.config is None and args.runs
+    config = None if only_runs else load_config(args.config or Path("reporter.toml"))
+    output = build_site(config, args.output, run_dirs=args.runs or (),
+                        progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"built {output / 'index.html'}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Preview a built site on http://127.0.0.1:PORT (local only; publish the folder itself for others)."""
+    import functools
+    import http.server
+
+    from reporter.errors import OutputError
+
+    if not (args.site / "index.html").is_file():
+        raise OutputError(f"{args.site}: no index.html; build the site first (make site, or gate-report build)")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(args.site))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler) as server:
+        print(f"serving {args.site} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
     return 0
 
 
@@ -172,9 +193,15 @@ def _parser() -> argparse.ArgumentParser:
     replay.set_defaults(run=_cmd_replay)
 
     build = commands.add_parser("build", help="build the static site from reporter.toml", description=_cmd_build.__doc__)
-    build.add_argument("--config", type=Path, default=Path("reporter.toml"), help="site config (default reporter.toml)")
+    build.add_argument("--config", type=Path, help="site config (default reporter.toml, unless only --runs are given)")
+    build.add_argument("--runs", type=Path, nargs="+", metavar="RUN_DIR", help="add run directories made by replay")
     build.add_argument("-o", "--output", type=Path, help="output folder (default: [site] output in the config)")
     build.set_defaults(run=_cmd_build)
+
+    serve = commands.add_parser("serve", help="preview a built site on localhost", description=_cmd_serve.__doc__)
+    serve.add_argument("site", type=Path, nargs="?", default=Path("site"), help="the site folder (default site)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.set_defaults(run=_cmd_serve)
 
     bench = commands.add_parser("bench", help="measure the cost of exposing gates", description=_cmd_bench.__doc__)
     _add_model_arguments(bench, required=False)

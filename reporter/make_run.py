@@ -20,7 +20,7 @@ from importlib import metadata
 import numpy as np
 import pandas as pd
 
-from reporter.anomaly import explain_window, feature_names, score_windows
+from reporter.anomaly import explain_window, feature_names, score_windows, typical_from_timestep_stats
 from reporter.errors import RunError
 from reporter.impulse import impulse_response
 from reporter.model_source import ModelSource
@@ -86,16 +86,6 @@ def _reference_features(reference: Run | None, names: list[str]) -> pd.DataFrame
         raise RunError(f"{reference.path}: reference run lacks the features {', '.join(missing[:3])}"
                        f"{' …' if len(missing) > 3 else ''}; it must be a run of a model with the same layers")
     return reference.window_scores[["window", *names]]
-
-
-def _typical(run_stats) -> dict:
-    """Per layer and gate, the per-timestep mean and spread over windows and units (for explanations)."""
-    frame = run_stats.to_frames().timestep_stats
-    typical: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    for (layer, gate), rows in frame.groupby(["layer", "gate"], sort=False):
-        spread = (rows["p75"] - rows["p25"]).to_numpy() / 1.349  # IQR of a normal → its std
-        typical.setdefault(layer, {})[gate] = (rows["mean"].to_numpy(), spread)
-    return typical
 
 
 def _traces(replayer: Replayer, source: WindowSource, indices: np.ndarray, reasons: np.ndarray) -> dict[str, np.ndarray]:
@@ -200,5 +190,5 @@ def make_run(model: ModelSource, source: WindowSource, settings: RunSettings, re
     frames = result.stats.to_frames()
     return Run(meta=_meta(model, source, settings, result, reference), layers=model.layers,
                gate_stats=frames.gate_stats, timestep_stats=frames.timestep_stats, window_scores=scores,
-               explanations=_explanations(replayer, traces, _typical(result.stats)), impulse=impulse,
+               explanations=_explanations(replayer, traces, typical_from_timestep_stats(frames.timestep_stats)), impulse=impulse,
                traces=traces, outputs=result.outputs)

@@ -1,60 +1,40 @@
-"""Build the static site: gather every run's data first, then render pages, then swap atomically.
+"""Build the static site: gather every run first, then render every page, then swap atomically.
 
 Like mkdocs' build, all data is gathered before any page is rendered, so every page sees the same
 runs; unlike it, the site is built in a temporary folder beside the output and swapped in at the
-end, so a failed build leaves the previous site intact. Jinja autoescape is always on.
+end, so a failed build leaves the previous site intact. Jinja autoescape is always on, and chart
+specs enter pages only through `tojson` (which escapes `<`, `>` and `&`).
+
+    site/index.html                               every model and version, headline figures
+    site/assets/vega-<hash>.js, site-<hash>.js    Vega + Vega-Lite + vega-embed, and the page script
+    site/runs/<run>/index.html                    run page: model card and run-wide charts
+    site/runs/<run>/w<window>.html                window page: input, where it departs from typical
+    site/runs/<run>/<layer>-w<window>.html        layer page: unit × step heatmaps, unit table
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import jinja2
 
+from reporter import pages
 from reporter.atomic import check_output_dir, staging_dir
-from reporter.checkpoints import file_sha256
-from reporter.config import RunConfig, SiteConfig
-from reporter.expose import Layer
-from reporter.model_source import exposed_model_from_checkpoint
-from reporter.windows import open_windows_source
+from reporter.config import SiteConfig
+from reporter.errors import OutputError
+from reporter.run_cache import cached_run
+from reporter.runstore import Run
 
-__all__ = ["RunCard", "gather_run", "build_site", "environment", "TEMPLATES"]
+__all__ = ["ASSETS", "TEMPLATES", "build_site", "environment", "gather_runs"]
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-_KEPT = ("README.md",)  # files of the output folder that are not build output (site/README.md is in git)
-
-
-@dataclass(frozen=True)
-class RunCard:
-    """What the index shows of one run: identity, architecture, hashes, export parity."""
-
-    model: str
-    version: str
-    baseline: str | None
-    layers: list[Layer]
-    n_windows: int
-    window_shape: list[int]
-    checkpoint_sha256: str
-    windows_sha256: str
-    parity_max_abs: float | None
-    exporter: str | None
-
-    @property
-    def units(self) -> int:
-        """Recurrent units over all layers and directions."""
-        return sum(layer.hidden_size * layer.directions for layer in self.layers)
-
-
-def gather_run(run: RunConfig) -> RunCard:
-    """Export and expose one configured run, and describe it."""
-    source = exposed_model_from_checkpoint(run.checkpoint, run.factory, run.factory_kwargs, run.trust_pickle, run.windows)
-    windows = open_windows_source(run.windows)
-    return RunCard(run.model, run.version, run.baseline, source.layers, windows.n_windows, list(windows.shape[1:]),
-                   source.checkpoint.sha256, file_sha256(run.windows), source.parity_max_abs, source.exporter)
+ASSETS = TEMPLATES / "assets"
+_KEPT = ("README.md", "run-page.png")  # the output folder's own files, in git: not build output
 
 
 def environment() -> jinja2.Environment:
@@ -70,18 +50,59 @@ def build_time() -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def build_site(config: SiteConfig, output: Path | None = None, progress=print) -> Path:
+def gather_runs(config: SiteConfig | None, run_dirs: Iterable[Path] = (),
+                progress: Callable[[str], None] = print) -> list[tuple[Run, str | None]]:
+    """Every run of the site with its baseline version: configured ones (cached), then given run directories."""
+    gathered = []
+    if config is not None:
+        cache = config.path.parent / "runs"
+        for run in config.runs:
+            gathered.append((cached_run(run, cache, progress), run.baseline))
+    for folder in run_dirs:
+        gathered.append((Run.load(folder), None))
+    seen = set()
+    for run, _ in gathered:
+        if run.name in seen:
+            raise OutputError(f"{run.path}: a second run of model {run.meta['model']!r} version "
+                              f"{run.meta['version']!r}; each model version can appear once")
+        seen.add(run.name)
+    return gathered
+
+
+def _hashed_asset(staging: Path, name: str, content: bytes) -> str:
+    """Write an asset under a content-hashed name (cache-safe for any web server); return its site path."""
+    stem, suffix = name.rsplit(".", 1)
+    path = f"assets/{stem}-{hashlib.sha256(content).hexdigest()[:12]}.{suffix}"
+    (staging / path).parent.mkdir(parents=True, exist_ok=True)
+    (staging / path).write_bytes(content)
+    return path
+
+
+def write_assets(staging: Path) -> dict[str, str]:
+    """The Vega JavaScript (from vl-convert, no network) and the page script, written once for all pages."""
+    import vl_convert
+
+    return {"vega": _hashed_asset(staging, "vega.js", vl_convert.javascript_bundle().encode("utf-8")),
+            "script": _hashed_asset(staging, "site.js", (ASSETS / "site.js").read_bytes())}
+
+
+def build_site(config: SiteConfig | None, output: Path | None = None, run_dirs: Iterable[Path] = (),
+               progress: Callable[[str], None] = print, title: str | None = None) -> Path:
     """Gather every run, render every page into a temporary folder, then swap it in."""
+    if output is None and config is None:
+        raise OutputError("no output folder: pass -o or a config with [site] output")
     output = Path(output or config.output)
     check_output_dir(output)
-    cards = []
-    for run in config.runs:
-        progress(f"gathering {run.model} {run.version} …")
-        cards.append(gather_run(run))
+    runs = gather_runs(config, run_dirs, progress)
+    if not runs:
+        raise OutputError(f"{output}: nothing to build: the config has no runs and no --runs were given")
+    site_title = title or (config.title if config else "Gate Reporter")
     with staging_dir(output) as staging:
-        page = environment().get_template("index.html").render(title=config.title, cards=cards, built=build_time())
-        (staging / "index.html").write_text(page, encoding="utf-8")
+        assets = write_assets(staging)
+        progress(f"rendering pages for {len(runs)} runs …")
+        written = pages.render_all(environment(), staging, runs, site_title, build_time(), assets)
         for name in _KEPT:
             if (output / name).is_file():
                 shutil.copy2(output / name, staging / name)
+    progress(f"wrote {written} pages to {output}")
     return output

@@ -53,6 +53,7 @@ __all__ = [
     "memory_horizon",
     "merge_moments",
     "value_family",
+    "gate_order",
 ]
 
 FAMILY_RANGES = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0), "linear": (-4.0, 4.0)}
@@ -291,7 +292,7 @@ def horizon_frame(result: dict[str, np.ndarray]) -> pd.DataFrame:
 _GATE_ORDER = {"LSTM": "ifgoch", "GRU": "zrnh", "RNN": "h"}
 
 
-def _gate_order(layer: Layer) -> list[str]:
+def gate_order(layer: Layer) -> list[str]:
     """The layer's gates in the op's order (i f g o c h, z r n h), whatever the manifest's order."""
     order = _GATE_ORDER.get(layer.kind, "")
     return sorted(layer.outputs, key=lambda g: (order.find(g) if g in order else len(order), g))
@@ -308,7 +309,7 @@ class LayerStats:
 
     def __init__(self, layer: Layer, config: StatsConfig | None = None, gates: dict | None = None):
         self.layer = layer
-        self.gates = gates if gates is not None else {g: _fresh_pair(layer, g, config) for g in _gate_order(layer)}
+        self.gates = gates if gates is not None else {g: _fresh_pair(layer, g, config) for g in gate_order(layer)}
 
     def update(self, gate: str, trace: np.ndarray) -> None:
         """Fold one batch of one gate `[batch, time, directions, hidden]` into both its accumulators."""
@@ -339,7 +340,7 @@ class LayerStats:
     def from_state(cls, layer: Layer, state: dict) -> LayerStats:
         """Rebuild a layer's accumulators from `state()`."""
         gates = {g: (GateMoments.from_state(state[g]["moments"]), TimestepStats.from_state(state[g]["timesteps"]))
-                 for g in _gate_order(layer)}
+                 for g in gate_order(layer)}
         return cls(layer, gates=gates)
 
     def gate_frame(self) -> pd.DataFrame:

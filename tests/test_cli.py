@@ -73,7 +73,7 @@ def test_debug_shows_the_traceback(tmp_path):
     assert result.returncode == 2 and "Traceback" in result.stderr and "missing.pt" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["export", "replay", "bench", "build"])
+@pytest.mark.parametrize("command", ["export", "replay", "bench", "build", "serve"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -85,3 +85,23 @@ def test_usage_error_is_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["export"])
     assert exit_info.value.code == 2
+
+
+def test_serve_previews_a_built_site_on_localhost(tmp_path):
+    import time
+    import urllib.request
+
+    (tmp_path / "index.html").write_text("<h1>gates</h1>")
+    server = subprocess.Popen([sys.executable, "-m", "reporter.cli", "serve", str(tmp_path), "--port", "0"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        url = line.split(" at ", 1)[1].split(" ", 1)[0]
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url + "index.html", timeout=10) as response:
+            assert response.read() == b"<h1>gates</h1>"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        server.stdout.close()
+    assert run_cli("serve", str(tmp_path / "empty"), cwd=None).returncode == 2

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
 from reporter.config import load_config
@@ -28,22 +31,65 @@ windows = "windows.npz"
     return load_config(tmp_path / "reporter.toml")
 
 
+def _files(site) -> dict[str, bytes]:
+    return {str(path.relative_to(site)): path.read_bytes() for path in sorted(site.rglob("*")) if path.is_file()}
+
+
 def test_names_render_as_text_not_markup(tmp_path):
     save_tiny(tmp_path)
     site = build_site(write_config(tmp_path, model_name=HOSTILE.replace('"', "'")), progress=lambda _: None)
     page = (site / "index.html").read_text()
-    assert "<script>" not in page
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp;" in page
     assert "rnn.l0" in page and "rnn.l1" in page
+    pages = {name: data.decode() for name, data in _files(site).items() if name.endswith(".html")}
+    assert len(pages) > 3 and any("/w" in name for name in pages)
+    for name, html in pages.items():
+        assert "<script>alert" not in html, name
+        assert html.count("<script") == html.count("</script>"), name  # nothing closed a tag early
 
 
-def test_rebuild_is_byte_identical(tmp_path, monkeypatch):
+def test_chart_specs_cannot_break_out_of_their_script_tag():
+    from reporter.site import environment
+
+    spec = {"title": "</script><script>alert(1)</script>", "data": {"values": [{"a": "<!--", "b": "&amp;"}]}}
+    html = environment().from_string('{% from "_figures.html" import figures %}{{ figures(items) }}').render(
+        items=[{"id": "x", "caption": "<b>caption</b>", "spec": spec}])
+    assert "</script><script>" not in html and "<!--" not in html and "<b>" not in html
+    payload = html.split('data-chart="chart-x">', 1)[1].split("</script>", 1)[0]
+    assert json.loads(payload) == spec  # escaped for HTML, still the same JSON
+
+
+def test_rebuild_is_byte_identical_and_reuses_the_cached_replay(tmp_path, monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     save_tiny(tmp_path)
     config = write_config(tmp_path)
-    first = (build_site(config, progress=lambda _: None) / "index.html").read_bytes()
-    second = (build_site(config, progress=lambda _: None) / "index.html").read_bytes()
-    assert first == second and b"2023-11-14 22:13 UTC" in first
+    said = []
+    first = _files(build_site(config, progress=said.append))
+    assert any("replaying" in line for line in said)
+    said.clear()
+    second = _files(build_site(config, progress=said.append))
+    assert first == second and b"2023-11-14 22:13 UTC" in first["index.html"]
+    assert any("unchanged" in line for line in said) and not any("replaying" in line for line in said)
+    assert len(list((tmp_path / "runs").iterdir())) == 1
+    np.savez(tmp_path / "windows.npz", x=np.random.default_rng(9).standard_normal((12, 7, 3)).astype(np.float32))
+    said.clear()
+    third = _files(build_site(config, progress=said.append))
+    assert any("replaying" in line for line in said) and third != first
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # the stale cache entry is gone
+
+
+def test_run_directories_alone_build_a_site(tmp_path, capsys):
+    from reporter.cli import main
+
+    checkpoint, windows = save_tiny(tmp_path)
+    for version in ("a", "b"):
+        assert main(["replay", str(checkpoint), "--factory", "tests.tiny_models:tiny_forecaster", "--windows",
+                     str(windows), "-o", str(tmp_path / version), "--version", version, "--provider", "cpu"]) == 0
+    assert main(["build", "--runs", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "out")]) == 0
+    index = (tmp_path / "out" / "index.html").read_text()
+    assert "runs/tiny-a/index.html" in index and "runs/tiny-b/index.html" in index
+    assert main(["build", "--runs", str(tmp_path / "a"), str(tmp_path / "a"), "-o", str(tmp_path / "out")]) == 2
+    assert "a second run of model 'tiny' version 'a'" in capsys.readouterr().err
 
 
 def test_failed_build_leaves_previous_site_intact(tmp_path):

@@ -1,0 +1,177 @@
+"""What each page shows: page contexts from runs (figures, tables, headline numbers) and rendering.
+
+Computes, then presents: numbers come from the run (and `anomaly`, `impulse`), pictures from
+`charts`; templates only lay them out. Every page gets `root`, the relative path back to the
+site's top, so the site works from file:// and from any sub-folder of a docs server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from reporter import charts
+from reporter.anomaly import explain_window, flag_threshold, typical_from_timestep_stats
+from reporter.expose import Layer
+from reporter.impulse import impulse_summary
+from reporter.run_cache import slug
+from reporter.runstore import Run
+from reporter.stats import gate_family, gate_order
+
+__all__ = ["RunView", "render_all", "unit_table"]
+
+TOP_WINDOWS = 20  # rows of the run page's most-anomalous table
+_KEEP_GATE = {"LSTM": "f", "GRU": "z"}
+
+
+@dataclass(frozen=True)
+class RunView:
+    """One run as pages see it: the run, where its pages live, and its headline figures."""
+
+    run: Run
+    slug: str
+    baseline: str | None
+
+    @property
+    def meta(self) -> dict:
+        return self.run.meta
+
+    @property
+    def layers(self) -> list[Layer]:
+        return self.run.layers
+
+    @property
+    def units(self) -> int:
+        return sum(layer.hidden_size * layer.directions for layer in self.layers)
+
+    @property
+    def threshold(self) -> float:
+        return flag_threshold(self.run.window_scores["anomaly_score"].to_numpy())
+
+    @property
+    def flagged(self) -> int:
+        return int((self.run.window_scores["anomaly_score"] > self.threshold).sum())
+
+    @property
+    def saturated_share(self) -> float:
+        """Share of units with a sigmoid gate saturated (< low or > high) more than half the time."""
+        stats = self.run.gate_stats
+        sigmoid = [gate_family(layer, gate) == "sigmoid" for layer, gate in
+                   zip(stats["layer"].map({layer.name: layer for layer in self.layers}), stats["gate"])]
+        rows = stats[sigmoid]
+        if rows.empty:
+            return 0.0
+        saturated = (rows["frac_low"] + rows["frac_high"] > 0.5).groupby(
+            [rows["layer"], rows["direction"], rows["unit"]]).any()
+        return float(saturated.sum() / self.units)
+
+    @property
+    def sampled(self) -> list[int]:
+        return [int(w) for w in self.run.traces.get("window", [])]
+
+    def reason(self, window: int) -> str:
+        position = self.sampled.index(window)
+        return str(self.run.traces["reason"][position])
+
+    @staticmethod
+    def gates(layer: Layer) -> list[str]:
+        """The layer's gates in the operator's order."""
+        return gate_order(layer)
+
+    def layer_page(self, layer: Layer, window: int) -> str:
+        return f"{slug(layer.name)}-w{window}.html"
+
+
+def unit_table(run: Run, layer: Layer) -> list[dict]:
+    """Per (direction, unit): gate means, saturation, half-life, and flags a reader should look at."""
+    stats = run.gate_stats[run.gate_stats["layer"] == layer.name]
+    steps = int(run.meta.get("seq_len", 0))
+    rows = []
+    for (direction, unit), group in stats.groupby(["direction", "unit"], sort=True):
+        by_gate = group.set_index("gate")
+        flags = []
+        if "h" in by_gate.index and by_gate.loc["h", "std"] < 0.01:
+            flags.append("dead: its hidden state hardly changes (std < 0.01)")
+        for gate in by_gate.index:
+            if gate_family(layer, gate) == "sigmoid" and by_gate.loc[gate, "frac_low"] + by_gate.loc[gate, "frac_high"] > 0.95:
+                flags.append(f"always saturated: gate {gate} is beyond 0.1/0.9 on over 95% of steps")
+        keep = _KEEP_GATE.get(layer.kind)
+        half_life = float(by_gate.loc[keep, "half_life"]) if keep in by_gate.index else float("nan")
+        if steps and half_life > steps:
+            flags.append(f"integrator: memory half-life {half_life:.0f} steps, longer than the window")
+        rows.append({"direction": int(direction), "unit": int(unit), "half_life": half_life, "flags": flags,
+                     "gates": {gate: {"mean": float(by_gate.loc[gate, "mean"]), "std": float(by_gate.loc[gate, "std"]),
+                                      "frac_low": float(by_gate.loc[gate, "frac_low"]),
+                                      "frac_high": float(by_gate.loc[gate, "frac_high"])}
+                               for gate in gate_order(layer) if gate in by_gate.index}})
+    return rows
+
+
+def _figures(*figures) -> list[dict]:
+    """Figures as templates take them: id, caption and spec (None ones left out)."""
+    return [{"id": figure.key, "caption": figure.caption, "spec": figure.spec()} for figure in figures if figure]
+
+
+def _run_figures(view: RunView) -> list[dict]:
+    run = view.run
+    thresholds = tuple(run.meta.get("thresholds", {}).get("sigmoid", (0.1, 0.9)))
+    return _figures(charts.saturation_chart(run.gate_stats, run.layers, thresholds),
+                    charts.distribution_chart(run.gate_stats), charts.horizon_chart(run.gate_stats),
+                    charts.impulse_chart(run.impulse), charts.trajectory_chart(run.timestep_stats),
+                    charts.anomaly_chart(run.window_scores, view.threshold))
+
+
+def _top_windows(view: RunView) -> list[dict]:
+    scores = view.run.window_scores.nsmallest(TOP_WINDOWS, "rank")
+    sampled = set(view.sampled)
+    return [{"window": int(w), "rank": int(r), "score": float(s), "page": f"w{int(w)}.html" if int(w) in sampled else None}
+            for w, r, s in zip(scores["window"], scores["rank"], scores["anomaly_score"])]
+
+
+def _window_trace(run: Run, layer: Layer, position: int) -> dict[str, np.ndarray]:
+    return {gate: run.traces[f"{layer.name}/{gate}"][position].astype(np.float32) for gate in gate_order(layer)}
+
+
+def _write(env: jinja2.Environment, template: str, path: Path, **context) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(env.get_template(template).render(**context), encoding="utf-8")
+
+
+def render_all(env: jinja2.Environment, staging: Path, runs: list[tuple[Run, str | None]], title: str, built: str,
+               assets: dict[str, str]) -> int:
+    """Render the index, and every run's run, window and layer pages; return how many pages."""
+    views = [RunView(run, slug(f"{run.meta['model']}-{run.meta['version']}"), baseline) for run, baseline in runs]
+    common = {"site_title": title, "built": built, "assets": assets}
+    _write(env, "index.html", staging / "index.html", root="", views=views, **common)
+    count = 1
+    for view in views:
+        folder = staging / "runs" / view.slug
+        root = "../../"
+        summary = impulse_summary(view.run.impulse) if not view.run.impulse.empty else pd.DataFrame()
+        _write(env, "run.html", folder / "index.html", root=root, view=view, figures=_run_figures(view),
+               top=_top_windows(view), impulse=summary.to_dict("records"), **common)
+        count += 1
+        typical = typical_from_timestep_stats(view.run.timestep_stats)
+        tables = {layer.name: unit_table(view.run, layer) for layer in view.layers}
+        for position, window in enumerate(view.sampled):
+            traces = {layer.name: _window_trace(view.run, layer, position) for layer in view.layers}
+            explained = explain_window(traces, typical)
+            row = view.run.window_scores.set_index("window").loc[window]
+            score = {"anomaly_score": float(row["anomaly_score"]), "rank": int(row["rank"])}
+            x = view.run.traces["x"][position]
+            _write(env, "window.html", folder / f"w{window}.html", root=root, view=view, window=window,
+                   score=score, reason=view.reason(window), figures=_figures(
+                       charts.input_chart(x), charts.deviation_chart(explained), charts.typical_chart(explained)),
+                   **common)
+            count += 1
+            for layer in view.layers:
+                _write(env, "layer.html", folder / view.layer_page(layer, window), root=root, view=view, layer=layer,
+                       gates=gate_order(layer),
+                       window=window, reason=view.reason(window), units=tables[layer.name],
+                       figures=_figures(charts.heatmap_chart(layer, traces[layer.name])), **common)
+                count += 1
+    return count

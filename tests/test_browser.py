@@ -1,0 +1,128 @@
+"""The sample site in a real browser: Debian's Chromium driven by Playwright, every page opened
+from file://. Every chart must have drawn marks (counted in its Vega scenegraph: a canvas alone
+proves nothing), with no console error or warning and no request leaving the site folder.
+Screenshots of the run pages (light and dark) and each page's draw time are kept in
+test-artifacts/ for a person to look at; times are reported, not asserted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from reporter.config import load_config
+from reporter.site import build_site
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+PAGE_BUDGET = 2 * 1024 * 1024  # bytes per page, besides the shared JavaScript
+
+COUNT_MARKS = """() => window.__charts.views.map(view => {
+  let marks = 0;
+  const walk = node => {
+    if (!node) return;
+    if (node.marktype && node.marktype !== 'group' && node.role === 'mark') marks += (node.items || []).length;
+    (node.items || []).forEach(walk);
+  };
+  walk(view.scenegraph().root);
+  return marks;
+})"""
+
+
+@pytest.fixture(scope="module")
+def sample_site(tmp_path_factory):
+    """The sample site, built from reporter.toml (replays cached under runs/, as `make site` does)."""
+    site = tmp_path_factory.mktemp("browser") / "site"
+    return build_site(load_config(ROOT / "reporter.toml"), site, progress=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    assert CHROMIUM.exists(), "Chromium is missing: `make test` installs it with `apt-get install -y chromium`"
+    with playwright_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield launched
+        launched.close()
+
+
+class Tab:
+    """One browser tab that records console problems and blocks (and records) requests outside the site."""
+
+    def __init__(self, browser, site: Path, scheme: str = "light"):
+        self.page = browser.new_page(viewport={"width": 1280, "height": 900}, color_scheme=scheme)
+        self.problems: list[str] = []
+        self.outside: list[str] = []
+        self.page.on("console", lambda message: self.problems.append(f"{message.type}: {message.text}")
+                     if message.type in ("error", "warning") else None)
+        self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        site_uri = site.resolve().as_uri() + "/"
+
+        def route(request_route):
+            if request_route.request.url.startswith(site_uri):
+                request_route.continue_()
+            else:
+                self.outside.append(request_route.request.url)
+                request_route.abort()
+
+        self.page.route("**/*", route)
+
+    def open(self, page_path: Path) -> dict:
+        """Navigate, wait until every chart has drawn or failed, and return the chart state."""
+        self.problems.clear()
+        self.outside.clear()
+        self.page.goto(page_path.resolve().as_uri())
+        self.page.wait_for_function("window.__charts && window.__charts.finished !== null", timeout=20_000)
+        return self.page.evaluate("({expected: __charts.expected, drawn: __charts.drawn, errors: __charts.errors, "
+                                  "finished: __charts.finished})")
+
+
+def test_every_page_draws_every_chart_offline_without_errors(browser, sample_site):
+    ARTIFACTS.mkdir(exist_ok=True)
+    pages = sorted(sample_site.rglob("*.html"))
+    assert len(pages) > 20 and (sample_site / "index.html") in pages
+    timings = {}
+    tab = Tab(browser, sample_site)
+    for page_path in pages:
+        name = str(page_path.relative_to(sample_site))
+        assert page_path.stat().st_size <= PAGE_BUDGET, f"{name}: {page_path.stat().st_size} bytes"
+        state = tab.open(page_path)
+        assert state["errors"] == [] and state["drawn"] == state["expected"], (name, state)
+        marks = tab.page.evaluate(COUNT_MARKS)
+        assert len(marks) == state["expected"] and all(count > 0 for count in marks), (name, marks)
+        assert tab.problems == [], (name, tab.problems)
+        assert tab.outside == [], (name, tab.outside)
+        if name.endswith("index.html") and name.startswith("runs/"):
+            assert state["expected"] >= 5, name  # the run page's charts
+        timings[name] = round(state["finished"])
+    tab.page.close()
+    slowest = max(timings, key=timings.get)
+    (ARTIFACTS / "draw-times-ms.json").write_text(json.dumps(timings, indent=1, sort_keys=True))
+    print(f"{len(pages)} pages; slowest to draw: {slowest} at {timings[slowest]} ms after navigation")
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_run_pages_render_in_both_colour_schemes_and_are_kept_as_screenshots(browser, sample_site, scheme):
+    ARTIFACTS.mkdir(exist_ok=True)
+    tab = Tab(browser, sample_site, scheme)
+    for run_page in sorted((sample_site / "runs").glob("*/index.html")):
+        state = tab.open(run_page)
+        assert state["errors"] == [] and tab.problems == [] and tab.outside == [], (run_page, state, tab.problems)
+        tab.page.screenshot(path=str(ARTIFACTS / f"{run_page.parent.name}-{scheme}.png"), full_page=True)
+    tab.page.close()
+
+
+def test_pages_link_only_inside_the_site(sample_site):
+    import re
+
+    for page_path in sample_site.rglob("*.html"):
+        html = page_path.read_text()
+        for target in re.findall(r'(?:href|src)="([^"]+)"', html):
+            assert "://" not in target and not target.startswith("//"), (page_path, target)
+            resolved = (page_path.parent / target).resolve()
+            assert resolved.is_file() and sample_site.resolve() in resolved.parents, (page_path, target)
+    assert shutil.which("chromium") or CHROMIUM.exists()
