@@ -137,6 +137,66 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _thresholds(args: argparse.Namespace) -> dict[str, float]:
+    """Thresholds: the defaults, then [check] of --config (or ./reporter.toml when present), then --threshold."""
+    from reporter.config import load_config
+    from reporter.diff import parse_thresholds
+
+    config = args.config or (Path("reporter.toml") if Path("reporter.toml").is_file() else None)
+    base = load_config(config).thresholds if config else {}
+    return parse_thresholds(args.threshold or [], base=base or None)
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    """Compare run B with baseline run A: a diff page, and optionally a markdown summary or one HTML file."""
+    from reporter import review
+    from reporter.atomic import check_output_dir, check_output_file
+    from reporter.diff import check, diff_runs
+    from reporter.runstore import Run
+
+    if args.output is None and args.markdown is None and args.single_file is None:
+        raise ReporterError("diff: say where to write it: -o DIR, --markdown FILE and/or --single-file FILE")
+    for path in (args.markdown, args.single_file):
+        if path is not None:
+            check_output_file(path)
+    if args.output is not None:
+        check_output_dir(args.output)
+    thresholds = _thresholds(args)
+    diff = diff_runs(Run.load(args.run_a), Run.load(args.run_b))
+    if args.output is not None:
+        review.write_diff_dir(diff, args.output, thresholds)
+        print(f"wrote {args.output / 'index.html'}")
+    if args.markdown is not None:
+        review.write_markdown(diff, args.markdown, thresholds)
+        print(f"wrote {args.markdown} (charts in {args.markdown.parent / (args.markdown.stem + '-charts')})")
+    if args.single_file is not None:
+        size = review.write_single_file(diff, args.single_file, thresholds)
+        print(f"wrote {args.single_file} ({size / 2**20:.1f} MB, self-contained)")
+    breached = [v.key for v in check(diff, thresholds) if not v.passed]
+    if breached:
+        print(f"thresholds breached: {', '.join(breached)} (gate-report check exits 1 on these)")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    """Exit 1 when run B breaches a threshold against baseline run A, 0 when all hold."""
+    from reporter.diff import check, diff_runs
+    from reporter.runstore import Run
+
+    thresholds = _thresholds(args)
+    diff = diff_runs(Run.load(args.run_a), Run.load(args.run_b))
+    verdicts = check(diff, thresholds)
+    print(f"{diff.a.name} → {diff.b.name}")
+    print(f"{'check':<20} {'B − A':>14} {'threshold':>10}  verdict")
+    for verdict in verdicts:
+        value = "not comparable" if verdict.value is None else f"{verdict.value:.4f}"
+        mark = "n/a" if verdict.value is None else ("holds" if verdict.passed else "BREACHED")
+        print(f"{verdict.key:<20} {value:>14} {verdict.limit:>10g}  {mark}")
+    for note in diff.notes:
+        print(f"note: {note}")
+    return 0 if all(verdict.passed for verdict in verdicts) else 1
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     """Preview a built site on http://127.0.0.1:PORT (local only; publish the folder itself for others)."""
     import functools
@@ -197,6 +257,21 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--runs", type=Path, nargs="+", metavar="RUN_DIR", help="add run directories made by replay")
     build.add_argument("-o", "--output", type=Path, help="output folder (default: [site] output in the config)")
     build.set_defaults(run=_cmd_build)
+
+    for name, run, text in (("diff", _cmd_diff, "compare two runs: diff page, markdown summary, single HTML file"),
+                            ("check", _cmd_check, "CI gate: exit 1 when a threshold is breached")):
+        command = commands.add_parser(name, help=text, description=run.__doc__)
+        command.add_argument("run_a", type=Path, metavar="RUN_A", help="the baseline run directory")
+        command.add_argument("run_b", type=Path, metavar="RUN_B", help="the candidate run directory")
+        command.add_argument("--threshold", action="append", metavar="KEY=VALUE",
+                             help="saturation_delta, wasserstein, anomaly_rate_delta or output_drift (repeatable)")
+        command.add_argument("--config", type=Path, help="read [check] thresholds from this file "
+                                                         "(default: ./reporter.toml when present)")
+        command.set_defaults(run=run)
+        if name == "diff":
+            command.add_argument("-o", "--output", type=Path, metavar="DIR", help="write the diff page here")
+            command.add_argument("--markdown", type=Path, metavar="FILE", help="a summary for a pull-request comment")
+            command.add_argument("--single-file", type=Path, metavar="FILE", help="one self-contained HTML file")
 
     serve = commands.add_parser("serve", help="preview a built site on localhost", description=_cmd_serve.__doc__)
     serve.add_argument("site", type=Path, nargs="?", default=Path("site"), help="the site folder (default site)")

@@ -9,6 +9,9 @@
     checkpoint = "….pt"           factory = "package.module:function"
     factory_kwargs = { … }        windows = "….npz"          baseline = "v1"
 
+    [check]                       # thresholds for `gate-report check` and the diff pages
+    saturation_delta = 0.1        wasserstein = 0.05   anomaly_rate_delta = 0.05   output_drift = 0.1
+
 Paths are relative to the config file's folder. Mistakes are one-line `ConfigError`s naming the
 file, the line (for syntax errors) or the key, with the nearest valid key suggested.
 """
@@ -51,6 +54,7 @@ class SiteConfig:
     title: str
     output: Path
     runs: tuple[RunConfig, ...]
+    thresholds: dict = field(default_factory=dict)  # [check], over `reporter.diff.DEFAULT_THRESHOLDS`
 
 
 def _check_keys(path: Path, where: str, table: dict, allowed: set[str]) -> None:
@@ -105,7 +109,7 @@ def load_config(path: Path) -> SiteConfig:
         raise ConfigError(f"{path}: cannot read ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
-    _check_keys(path, "the top level", data, {"site", "runs"})
+    _check_keys(path, "the top level", data, {"site", "runs", "check"})
     site = data.get("site", {})
     if not isinstance(site, dict):
         raise ConfigError(f"{path}: [site] must be a table")
@@ -125,4 +129,16 @@ def load_config(path: Path) -> SiteConfig:
             raise ConfigError(f"{path}: run {run.model} {run.version} has baseline {run.baseline!r}, which is not a version of {run.model!r} here")
     title = _string(path, "[site]", site, "title") or "Gate Reporter"
     output = path.parent / (_string(path, "[site]", site, "output") or "site")
-    return SiteConfig(path=path, title=title, output=output, runs=parsed)
+    return SiteConfig(path=path, title=title, output=output, runs=parsed, thresholds=_thresholds(path, data))
+
+
+def _thresholds(path: Path, data: dict) -> dict:
+    """The [check] table, validated (unknown keys and non-numbers are errors)."""
+    table = data.get("check")
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [check] must be a table")
+    from reporter.diff import parse_thresholds
+
+    return parse_thresholds(table, where=f"{path}: [check]")

@@ -35,6 +35,7 @@ class RunView:
     run: Run
     slug: str
     baseline: str | None
+    diff_page: str | None = None  # site path of the diff against the baseline, when there is one
 
     @property
     def meta(self) -> dict:
@@ -141,13 +142,35 @@ def _write(env: jinja2.Environment, template: str, path: Path, **context) -> Non
     path.write_text(env.get_template(template).render(**context), encoding="utf-8")
 
 
+def _baseline_pairs(runs: list[tuple[Run, str | None]]) -> dict[str, Run]:
+    """For each run with a baseline, the baseline's run (same model, version = baseline)."""
+    by_name = {(run.meta["model"], run.meta["version"]): run for run, _ in runs}
+    return {run.name: by_name[(run.meta["model"], baseline)] for run, baseline in runs
+            if baseline is not None and (run.meta["model"], baseline) in by_name}
+
+
 def render_all(env: jinja2.Environment, staging: Path, runs: list[tuple[Run, str | None]], title: str, built: str,
-               assets: dict[str, str]) -> int:
-    """Render the index, and every run's run, window and layer pages; return how many pages."""
-    views = [RunView(run, slug(f"{run.meta['model']}-{run.meta['version']}"), baseline) for run, baseline in runs]
+               assets: dict[str, str], thresholds: dict[str, float]) -> int:
+    """Render the index, every diff against a baseline, and every run's run, window and layer pages."""
+    from reporter.diff import diff_runs
+
+    baselines = _baseline_pairs(runs)
+    views = []
+    for run, baseline in runs:
+        name = slug(f"{run.meta['model']}-{run.meta['version']}")
+        diff_page = f"diffs/{slug(run.meta['model'])}-{slug(baseline)}-vs-{slug(run.meta['version'])}.html" \
+            if run.name in baselines else None
+        views.append(RunView(run, name, baseline, diff_page))
     common = {"site_title": title, "built": built, "assets": assets}
     _write(env, "index.html", staging / "index.html", root="", views=views, **common)
     count = 1
+    for view in views:
+        if view.diff_page:
+            html = render_diff(env, diff_runs(baselines[view.run.name], view.run), thresholds, root="../",
+                               standalone=False, **common)
+            (staging / view.diff_page).parent.mkdir(parents=True, exist_ok=True)
+            (staging / view.diff_page).write_text(html, encoding="utf-8")
+            count += 1
     for view in views:
         folder = staging / "runs" / view.slug
         root = "../../"
@@ -175,3 +198,23 @@ def render_all(env: jinja2.Environment, staging: Path, runs: list[tuple[Run, str
                        figures=_figures(charts.heatmap_chart(layer, traces[layer.name])), **common)
                 count += 1
     return count
+
+
+def diff_context(diff, thresholds: dict[str, float]) -> dict:
+    """What the diff page shows: verdicts, figures, and the tables behind them."""
+    from reporter import diff_charts
+    from reporter.diff import check
+
+    def records(frame: pd.DataFrame) -> list[dict]:
+        return frame.to_dict("records") if not frame.empty else []
+
+    return {"diff": diff, "verdicts": check(diff, thresholds),
+            "figures": _figures(*diff_charts.diff_figures(diff)), "gates": records(diff.gates),
+            "horizon": records(diff.horizon), "impulse_rows": records(diff.impulse), "cka": records(diff.cka),
+            "moved": records(diff.moved), "outputs": records(diff.outputs), "anomaly": diff.anomaly,
+            "matched_units": 0 if diff.units.empty else len(diff.units)}
+
+
+def render_diff(env: jinja2.Environment, diff, thresholds: dict[str, float], **context) -> str:
+    """The diff page's HTML (for the site, a diff folder, or one self-contained file)."""
+    return env.get_template("diff.html").render(**diff_context(diff, thresholds), **context)

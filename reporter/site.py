@@ -10,6 +10,7 @@ specs enter pages only through `tojson` (which escapes `<`, `>` and `&`).
     site/runs/<run>/index.html                    run page: model card and run-wide charts
     site/runs/<run>/w<window>.html                window page: input, where it departs from typical
     site/runs/<run>/<layer>-w<window>.html        layer page: unit × step heatmaps, unit table
+    site/diffs/<model>-<baseline>-vs-<version>.html  what changed since the configured baseline
 """
 
 from __future__ import annotations
@@ -100,7 +101,10 @@ def build_site(config: SiteConfig | None, output: Path | None = None, run_dirs: 
     with staging_dir(output) as staging:
         assets = write_assets(staging)
         progress(f"rendering pages for {len(runs)} runs …")
-        written = pages.render_all(environment(), staging, runs, site_title, build_time(), assets)
+        from reporter.diff import DEFAULT_THRESHOLDS
+
+        thresholds = (config.thresholds if config else None) or DEFAULT_THRESHOLDS
+        written = pages.render_all(environment(), staging, runs, site_title, build_time(), assets, thresholds)
         for name in _KEPT:
             if (output / name).is_file():
                 shutil.copy2(output / name, staging / name)

@@ -126,3 +126,19 @@ def test_pages_link_only_inside_the_site(sample_site):
             resolved = (page_path.parent / target).resolve()
             assert resolved.is_file() and sample_site.resolve() in resolved.parents, (page_path, target)
     assert shutil.which("chromium") or CHROMIUM.exists()
+
+
+def test_single_file_diff_renders_offline(browser, sample_site, tmp_path):
+    from reporter.diff import DEFAULT_THRESHOLDS, diff_runs
+    from reporter.review import write_single_file
+    from reporter.runstore import Run
+
+    runs = {path.name.split("-")[1]: Run.load(path) for path in sorted((ROOT / "runs").glob("forecaster-v*"))}
+    write_single_file(diff_runs(runs["v1"], runs["v2"]), tmp_path / "review.html", DEFAULT_THRESHOLDS)
+    tab = Tab(browser, tmp_path)
+    state = tab.open(tmp_path / "review.html")
+    marks = tab.page.evaluate(COUNT_MARKS)
+    assert state["errors"] == [] and state["drawn"] == state["expected"] >= 4, state
+    assert all(count > 0 for count in marks) and tab.problems == [] and tab.outside == [], (marks, tab.problems)
+    tab.page.screenshot(path=str(ARTIFACTS / "single-file-diff.png"), full_page=True)
+    tab.page.close()

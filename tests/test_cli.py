@@ -73,7 +73,7 @@ def test_debug_shows_the_traceback(tmp_path):
     assert result.returncode == 2 and "Traceback" in result.stderr and "missing.pt" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["export", "replay", "bench", "build", "serve"])
+@pytest.mark.parametrize("command", ["export", "replay", "bench", "build", "serve", "diff", "check"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
