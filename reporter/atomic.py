@@ -18,6 +18,15 @@ from reporter.errors import OutputError
 __all__ = ["check_output_dir", "check_output_file", "staging_dir", "write_bytes_atomic", "write_text_atomic"]
 
 
+def _probe(path: Path, folder: Path) -> None:
+    """Make and remove a temporary folder in `folder`: the only sure test that it can be written
+    (permission bits say nothing for root, read-only mounts or full quotas)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".gate-report-probe-", dir=folder))
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write in {folder}: {exc.strerror or exc}") from None
+
+
 def check_output_file(path: Path) -> None:
     """Refuse an output path that is a directory or whose folder cannot be written."""
     if path.is_dir():
@@ -25,21 +34,26 @@ def check_output_file(path: Path) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise OutputError(f"{path}: folder {folder} is not writable")
+    _probe(path, folder)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
     check_output_file(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write in {path.parent}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -58,8 +72,7 @@ def check_output_dir(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"{path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{path}: folder {parent} is not writable")
+    _probe(path, parent)
 
 
 def _swap_in(built: Path, output: Path) -> None:
@@ -89,11 +102,17 @@ def staging_dir(output: Path) -> Iterator[Path]:
     """
     output = Path(output)
     check_output_dir(output)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.building.", dir=output.parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.building.", dir=output.parent))
+    except OSError as exc:
+        raise OutputError(f"{output}: cannot write in {output.parent}: {exc.strerror or exc}") from None
     try:
         staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a published site must be readable
         yield staging
-        _swap_in(staging, output)
+        try:
+            _swap_in(staging, output)
+        except OSError as exc:
+            raise OutputError(f"{output}: cannot put the new folder in place: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -14,7 +14,7 @@ import onnx
 import torch
 
 from reporter.checkpoints import LoadedCheckpoint, load_checkpoint
-from reporter.errors import CheckpointError
+from reporter.errors import CheckpointError, ModelError
 from reporter.export import export_module
 from reporter.expose import Layer, expose_gates
 from reporter.windows import ModelInput, WindowSource, open_windows_source
@@ -68,6 +68,14 @@ def _as_model_input(windows: np.ndarray) -> np.ndarray:
     return windows.astype(np.float32 if windows.dtype.kind == "f" else np.int64, copy=False)
 
 
+def _expose(path: Path, model: onnx.ModelProto):
+    """expose_gates, with the file named in any error."""
+    try:
+        return expose_gates(model)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+
+
 def exposed_model_from_checkpoint(path: Path, factory: str | None, factory_kwargs: dict, trust_pickle: bool,
                                   windows: Path | None, exporter: str = "legacy",
                                   source: WindowSource | None = None) -> ModelSource:
@@ -80,7 +88,7 @@ def exposed_model_from_checkpoint(path: Path, factory: str | None, factory_kwarg
     """
     loaded = load_checkpoint(path, factory, factory_kwargs, trust_pickle)
     if loaded.onnx_model is not None:
-        exposed, layers = expose_gates(loaded.onnx_model)
+        exposed, layers = _expose(path, loaded.onnx_model)
         if source is not None:
             source.check(ModelInput.from_onnx(exposed))
         return ModelSource(loaded, loaded.onnx_model, exposed, layers, None, None)
@@ -91,7 +99,7 @@ def exposed_model_from_checkpoint(path: Path, factory: str | None, factory_kwarg
         examples = _real_windows(windows, PARITY_WINDOWS) if windows else example_windows(loaded.module)
     examples = _as_model_input(examples)
     result = export_module(loaded.module, examples, exporter=exporter, parity_windows=examples)
-    exposed, layers = expose_gates(result.model)
+    exposed, layers = _expose(path, result.model)
     if source is not None:
         source.check(ModelInput.from_onnx(exposed))
     return ModelSource(loaded, result.model, exposed, layers, result.parity_max_abs, result.exporter)

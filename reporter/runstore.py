@@ -34,13 +34,16 @@ import pyarrow.parquet as pq
 from reporter.atomic import staging_dir
 from reporter.errors import RunError
 from reporter.expose import Layer, layers_from_json, layers_to_json
+from reporter.stats import GATE_STATS_COLUMNS, TIMESTEP_STATS_COLUMNS
 
 __all__ = ["Run", "SCHEMA_VERSION", "TABLES", "ARRAYS"]
 
 SCHEMA_VERSION = 1
 TABLES = ("gate_stats", "timestep_stats", "window_scores", "explanations", "impulse")
 ARRAYS = ("traces", "outputs")
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold: no build time leaks in
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_REQUIRED_COLUMNS = {"gate_stats": GATE_STATS_COLUMNS, "timestep_stats": TIMESTEP_STATS_COLUMNS,
+                     "window_scores": ("window", "anomaly_score", "rank"), "impulse": ("target", "lag", "response")}  # the earliest date a zip entry can hold: no build time leaks in
 
 
 @dataclass
@@ -85,11 +88,30 @@ class Run:
         meta = _read_meta(path / "run.json")
         try:
             layers = layers_from_json((path / "layers.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise RunError(f"{path / 'layers.json'}: unreadable layer manifest ({exc})") from None
+        _check_layers(path / "layers.json", layers)
         tables = {table: _read_parquet(path / f"{table}.parquet") for table in TABLES}
+        for table, required in _REQUIRED_COLUMNS.items():
+            missing = [column for column in required if column not in tables[table].columns]
+            if missing and not (table == "impulse" and tables[table].empty):
+                raise RunError(f"{path / (table + '.parquet')}: lacks the columns {', '.join(missing)}")
+        if not tables["window_scores"][["window", "anomaly_score", "rank"]].apply(pd.api.types.is_numeric_dtype).all():
+            raise RunError(f"{path / 'window_scores.parquet'}: window, anomaly_score and rank must be numbers")
         arrays = {name: _read_npz(path / f"{name}.npz") for name in ARRAYS}
         return cls(meta, layers, **tables, **arrays, path=path)
+
+
+def _check_layers(path: Path, layers: list) -> None:
+    """Refuse a manifest whose entries are not what `expose` writes."""
+    for layer in layers:
+        ok = (isinstance(layer.name, str) and layer.name and layer.kind in ("LSTM", "GRU", "RNN")
+              and layer.directions in (1, 2) and isinstance(layer.hidden_size, int) and layer.hidden_size > 0
+              and isinstance(layer.outputs, dict) and layer.outputs
+              and all(isinstance(k, str) and isinstance(v, str) for k, v in layer.outputs.items())
+              and isinstance(layer.activations, dict) and isinstance(layer.direction, str))
+        if not ok:
+            raise RunError(f"{path}: a layer entry is malformed ({str(layer)[:120]})")
 
 
 def _json(value: dict) -> str:
@@ -111,6 +133,10 @@ def _read_meta(path: Path) -> dict:
     missing = [key for key in ("model", "version", "n_windows") if key not in meta]
     if missing:
         raise RunError(f"{path}: missing {', '.join(missing)}")
+    if not (isinstance(meta["model"], str) and isinstance(meta["version"], str) and meta["model"] and meta["version"]):
+        raise RunError(f"{path}: model and version must be non-empty strings")
+    if not isinstance(meta["n_windows"], int) or isinstance(meta["n_windows"], bool) or meta["n_windows"] < 0:
+        raise RunError(f"{path}: n_windows must be a whole number ≥ 0")
     return meta
 
 
@@ -124,8 +150,8 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     """A run table; a missing or corrupt one is a RunError naming the file."""
     try:
         return pq.read_table(path).to_pandas()
-    except (OSError, pa.ArrowException, ValueError) as exc:
-        raise RunError(f"{path}: unreadable table ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file makes the parser raise anything; report it, never crash
+        raise RunError(f"{path}: unreadable table ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def _write_npz(arrays: dict[str, np.ndarray], path: Path) -> None:
@@ -143,7 +169,7 @@ def _write_npz(arrays: dict[str, np.ndarray], path: Path) -> None:
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an .npz into memory (they are small: sampled traces, last-step outputs)."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with open(path, "rb") as file, np.load(file, allow_pickle=False) as archive:  # our handle: closed on any error
             return {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise RunError(f"{path}: unreadable arrays ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - zlib, zipfile and numpy raise many types on damaged files
+        raise RunError(f"{path}: unreadable arrays ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None

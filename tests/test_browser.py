@@ -51,25 +51,29 @@ def browser():
 
 
 class Tab:
-    """One browser tab that records console problems and blocks (and records) requests outside the site."""
+    """One browser tab, offline, recording console problems and every request outside the site.
+
+    Requests are observed, not intercepted: `page.route` interception can stall page loads under
+    the sync API (microsoft/playwright-python#2315), and an offline context already stops any
+    request that would leave the machine.
+    """
 
     def __init__(self, browser, site: Path, scheme: str = "light"):
-        self.page = browser.new_page(viewport={"width": 1280, "height": 900}, color_scheme=scheme)
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme=scheme, offline=True)
+        self.context.set_default_timeout(30_000)
+        self.page = self.context.new_page()
         self.problems: list[str] = []
         self.outside: list[str] = []
+        site_uri = site.resolve().as_uri() + "/"
         self.page.on("console", lambda message: self.problems.append(f"{message.type}: {message.text}")
                      if message.type in ("error", "warning") else None)
         self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
-        site_uri = site.resolve().as_uri() + "/"
+        self.page.on("crash", lambda _: self.problems.append("the page crashed"))
+        self.page.on("request", lambda request: None if request.url.startswith(site_uri)
+                     else self.outside.append(request.url))
 
-        def route(request_route):
-            if request_route.request.url.startswith(site_uri):
-                request_route.continue_()
-            else:
-                self.outside.append(request_route.request.url)
-                request_route.abort()
-
-        self.page.route("**/*", route)
+    def close(self) -> None:
+        self.context.close()
 
     def open(self, page_path: Path) -> dict:
         """Navigate, wait until every chart has drawn or failed, and return the chart state."""
@@ -99,7 +103,7 @@ def test_every_page_draws_every_chart_offline_without_errors(browser, sample_sit
         if name.endswith("index.html") and name.startswith("runs/"):
             assert state["expected"] >= 5, name  # the run page's charts
         timings[name] = round(state["finished"])
-    tab.page.close()
+    tab.close()
     slowest = max(timings, key=timings.get)
     (ARTIFACTS / "draw-times-ms.json").write_text(json.dumps(timings, indent=1, sort_keys=True))
     print(f"{len(pages)} pages; slowest to draw: {slowest} at {timings[slowest]} ms after navigation")
@@ -113,7 +117,7 @@ def test_run_pages_render_in_both_colour_schemes_and_are_kept_as_screenshots(bro
         state = tab.open(run_page)
         assert state["errors"] == [] and tab.problems == [] and tab.outside == [], (run_page, state, tab.problems)
         tab.page.screenshot(path=str(ARTIFACTS / f"{run_page.parent.name}-{scheme}.png"), full_page=True)
-    tab.page.close()
+    tab.close()
 
 
 def test_pages_link_only_inside_the_site(sample_site):
@@ -141,4 +145,80 @@ def test_single_file_diff_renders_offline(browser, sample_site, tmp_path):
     assert state["errors"] == [] and state["drawn"] == state["expected"] >= 4, state
     assert all(count > 0 for count in marks) and tab.problems == [] and tab.outside == [], (marks, tab.problems)
     tab.page.screenshot(path=str(ARTIFACTS / "single-file-diff.png"), full_page=True)
-    tab.page.close()
+    tab.close()
+
+
+HOSTILE_MODEL = ('<img src=x onerror="window.__pwned=1"> "quoted" & </script><script>window.__pwned=1</script> '
+                 'ünïcödé 模型 ' + "L" * 300)
+HOSTILE_LAYER = "<b onmouseover=window.__pwned=1>l0</b></script>"
+
+
+def _hostile_run(tmp_path: Path, version: str):
+    """A real run of the tiny model, with its model, version and a layer renamed to hostile text."""
+    import dataclasses
+
+    from reporter.make_run import RunSettings, make_run
+    from reporter.model_source import exposed_model_from_checkpoint
+    from reporter.windows import open_windows_source
+    from tests.tiny_models import save_tiny
+
+    checkpoint, windows = save_tiny(tmp_path)
+    source = open_windows_source(windows)
+    model = exposed_model_from_checkpoint(checkpoint, "tests.tiny_models:tiny_forecaster", {}, False, None,
+                                          source=source)
+    run = make_run(model, source, RunSettings(HOSTILE_MODEL, version, provider="cpu", impulse_windows=4))
+    old = run.layers[0].name
+
+    def new(name: str) -> str:
+        return HOSTILE_LAYER + name[len(old):] if name == old or name.startswith(old + "/") else name
+
+    run.layers = [dataclasses.replace(layer, name=new(layer.name)) for layer in run.layers]
+    for table in ("gate_stats", "timestep_stats", "explanations"):
+        frame = getattr(run, table)
+        setattr(run, table, frame.assign(layer=frame["layer"].map(new)))
+    run.window_scores = run.window_scores.rename(columns=new)
+    run.impulse = run.impulse.assign(target=run.impulse["target"].map(new))
+    run.traces = {new(key): value for key, value in run.traces.items()}
+    return run.save(tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}")
+
+
+def test_hostile_names_render_as_text_and_run_nothing(browser, tmp_path):
+    from reporter.diff import DEFAULT_THRESHOLDS, diff_runs
+    from reporter.review import write_diff_dir, write_markdown
+    from reporter.runstore import Run
+    from reporter.site import build_site
+
+    runs = [_hostile_run(tmp_path, version) for version in ('v1 "</script>', "v2 <i>")]
+    site = build_site(None, tmp_path / "site", run_dirs=runs, progress=lambda _: None, title="<h1>site</h1>")
+    diff = diff_runs(Run.load(runs[0]), Run.load(runs[1]))
+    write_diff_dir(diff, tmp_path / "diff", DEFAULT_THRESHOLDS)
+    markdown = write_markdown(diff, tmp_path / "review.md", DEFAULT_THRESHOLDS).read_text()
+    assert "<img" not in markdown and "<b " not in markdown and "</script>" not in markdown
+    pages = [*sorted(site.rglob("*.html")), tmp_path / "diff" / "index.html"]
+    assert len(pages) > 10
+    for folder, page_path in [(site, p) for p in pages[:-1]] + [(tmp_path / "diff", pages[-1])]:
+        tab = Tab(browser, folder)
+        state = tab.open(page_path)
+        assert state["errors"] == [] and state["drawn"] == state["expected"], (page_path, state)
+        assert tab.problems == [] and tab.outside == [], (page_path, tab.problems, tab.outside)
+        assert tab.page.evaluate("window.__pwned") is None, page_path  # no injected handler or script ran
+        text = tab.page.inner_text("body")
+        assert "ünïcödé 模型" in text or "site" in text, page_path
+        if page_path.name == "index.html" and page_path.parent.parent.name == "runs":
+            assert HOSTILE_MODEL[:60] in text and HOSTILE_LAYER in text  # shown as text, not markup
+        tab.close()
+
+
+def test_the_checks_catch_requests_leaving_the_site_and_console_errors(browser, tmp_path):
+    """The guard itself: a page that fetches from the network and logs an error is caught."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "outside.js").write_text("window.loaded = 1;")
+    (tmp_path / "site" / "page.html").write_text(
+        '<img src="http://example.com/pixel.png"><script src="../outside.js"></script>'
+        '<script>console.error("broken"); window.__charts = {finished: 1, expected: 0, drawn: 0, errors: []};</script>')
+    tab = Tab(browser, tmp_path / "site")
+    tab.open(tmp_path / "site" / "page.html")
+    assert any(url.startswith("http://example.com") for url in tab.outside)
+    assert any(url.endswith("/outside.js") for url in tab.outside)  # a file outside the site folder counts too
+    assert any("broken" in problem for problem in tab.problems)
+    tab.close()

@@ -34,3 +34,23 @@ def save_tiny(tmp_path, features: int = 3, hidden: int = 6):
     rng = np.random.default_rng(1)
     np.savez(windows, x=rng.standard_normal((10, 7, features)).astype(np.float32))
     return checkpoint, windows
+
+
+class TinyCharLM(torch.nn.Module):
+    """Embedding + LSTM + linear head on [B, T] token ids."""
+
+    def __init__(self, vocab: int = 20, hidden: int = 5):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, 4)
+        self.rnn = torch.nn.LSTM(4, hidden, batch_first=True)
+        self.head = torch.nn.Linear(hidden, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        y, _ = self.rnn(self.embed(ids))
+        return self.head(y)
+
+
+def tiny_charlm(vocab: int = 20, hidden: int = 5) -> TinyCharLM:
+    """Factory for a token model; seeded."""
+    torch.manual_seed(0)
+    return TinyCharLM(vocab, hidden).eval()
