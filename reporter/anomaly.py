@@ -28,7 +28,7 @@ import pandas as pd
 from sklearn.ensemble import IsolationForest
 
 from reporter.expose import Layer
-from reporter.stats import StatsConfig, gate_family
+from reporter.stats import StatsConfig, gate_family, gate_order
 
 __all__ = ["FEATURES", "explain_window", "feature_names", "flag_threshold", "input_space_scores", "score_windows",
            "typical_from_timestep_stats", "window_features"]
@@ -46,8 +46,8 @@ def _gate_features(layer: Layer, gate: str) -> tuple[str, ...]:
 
 
 def feature_names(layers: list[Layer]) -> list[str]:
-    """Column names of `window_features`: "LAYER/GATE/FEATURE", in manifest order."""
-    return [f"{layer.name}/{gate}/{name}" for layer in layers for gate in layer.outputs
+    """Column names of `window_features`: "LAYER/GATE/FEATURE", layers in manifest order, gates in the op's."""
+    return [f"{layer.name}/{gate}/{name}" for layer in layers for gate in gate_order(layer)
             for name in _gate_features(layer, gate)]
 
 
@@ -86,7 +86,7 @@ def window_features(gates: dict[str, dict[str, np.ndarray]], layers: list[Layer]
     config = config or StatsConfig()
     columns = []
     for layer in layers:
-        for gate in layer.outputs:
+        for gate in gate_order(layer):  # the operator's order, whatever order the manifest's dict is in
             family = gate_family(layer, gate)
             columns += _one_gate(gates[layer.name][gate], family, _gate_features(layer, gate), config)
     return np.stack(columns, axis=1).astype(np.float32)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -66,6 +68,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     """Print what exposing gates costs: exposed ÷ fused, and ÷ a PyTorch per-step loop."""
     from reporter import bench
 
+    if args.dask_scaling:
+        from reporter import bench_dask
+
+        row = bench_dask.bench_dask_scaling(args.dask_scaling, say=lambda line: print(line, file=sys.stderr, flush=True))
+        print(bench_dask.format_scaling(row))
+        return 0
     if args.replay:
         from reporter import bench_replay
 
@@ -106,7 +114,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                                           None, args.exporter, source=source)
     settings = RunSettings(model=args.name or args.checkpoint.stem,
                            version=args.version or file_sha256(args.checkpoint)[:8],
-                           provider=args.provider, batch_size=args.batch_size, workers=args.workers)
+                           provider=args.provider, batch_size=args.batch_size, workers=args.workers, dask=args.dask)
     run = make_run(model, source, settings, reference, say)
     run.save(args.output)
     flagged = int((run.window_scores["rank"] <= max(1, round(0.01 * len(run.window_scores)))).sum())
@@ -243,6 +251,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="onnxruntime provider (auto: CUDA when onnxruntime-gpu finds a GPU)")
     replay.add_argument("--batch-size", type=_positive, default=256, help="windows per batch (default 256)")
     replay.add_argument("--workers", type=_positive, help="CPU sessions run side by side (default: up to 2 cores)")
+    replay.add_argument("--dask", metavar="ADDRESS", help="shard the replay over a Dask cluster: a scheduler address "
+                        "(tcp://host:8786) or local[:N] for N local worker processes (needs gate-reporter[dask])")
     replay.add_argument("--key", default="x", help="array name inside an .npz or .pt dict (default x)")
     replay.add_argument("--window", type=_positive, help="steps per window, for .parquet/.csv tables")
     replay.add_argument("--stride", type=_positive, help="steps between window starts in a table (default --window)")
@@ -285,13 +295,25 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--replay", nargs="?", const="5000,50000", metavar="N,N",
                        help="instead: replay throughput and peak memory of the sample forecaster over N windows, "
                             "each size in a fresh process (default sizes 5000,50000)")
+    bench.add_argument("--dask-scaling", nargs="?", const=20000, type=_positive, metavar="N",
+                       help="instead: windows/s of 1 process vs a 2-worker LocalCluster on N windows (default 20000)")
     bench.set_defaults(run=_cmd_bench)
     return parser
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every staging folder is removed on the way out."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = _parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.run(args)
     except ReporterError as exc:
@@ -300,8 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gate-report: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("gate-report: interrupted", file=sys.stderr)
+        print("gate-report: interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130
+    except Terminated:
+        print("gate-report: terminated; nothing half-written was left behind", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ class RunSettings:
     anomalous_samples: int = 8
     impulse_windows: int = 64
     seed: int = 0
+    dask: str | None = None  # scheduler address, or local[:N]: replay sharded on Dask (`reporter.dask_replay`)
 
 
 def sample_windows(kept: np.ndarray, ranked: np.ndarray, settings: RunSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -161,6 +162,7 @@ def _meta(model: ModelSource, source: WindowSource, settings: RunSettings, resul
         "seq_len": int(source.seq_len),
         "provider": result.provider,
         "workers": result.workers,
+        "dask": settings.dask,
         "batch_size": settings.batch_size,
         "replay_seconds": round(result.seconds, 3),
         "windows_per_second": round(result.windows_per_second, 1),
@@ -174,10 +176,18 @@ def _meta(model: ModelSource, source: WindowSource, settings: RunSettings, resul
 def make_run(model: ModelSource, source: WindowSource, settings: RunSettings, reference: Run | None = None,
              say: Callable[[str], None] = lambda line: None) -> Run:
     """Replay, score, sample, explain and measure: everything a run directory holds."""
-    provider, why = choose_provider(settings.provider)
-    say(why)
-    replayer = Replayer(model.exposed, model.layers, provider, settings.workers, settings.stats)
-    result = replayer.replay(source, settings.batch_size)
+    if settings.dask:
+        from reporter.dask_replay import replay_on_dask
+
+        provider = "cpu"
+        result = replay_on_dask(settings.dask, model.exposed, model.layers, source, settings.batch_size, settings.stats,
+                                say)
+        replayer = Replayer(model.exposed, model.layers, provider, 1, settings.stats)  # for the few sampled windows
+    else:
+        provider, why = choose_provider(settings.provider)
+        say(why)
+        replayer = Replayer(model.exposed, model.layers, provider, settings.workers, settings.stats)
+        result = replayer.replay(source, settings.batch_size)
     say(f"replayed {source.n_windows} windows in {result.seconds:.1f} s ({result.windows_per_second:.0f} windows/s, "
         f"{result.workers} worker{'s' if result.workers > 1 else ''})")
     names = feature_names(model.layers)

@@ -286,6 +286,7 @@ class WindowSource:
         self.token_range = token_range
         self._kept = np.setdiff1d(np.arange(self.shape[0], dtype=np.int64), skipped)
         self._sha256: str | None = None
+        self.recipe: dict = {"path": str(path)}  # how `open_windows_source` opened it (to reopen elsewhere)
 
     @property
     def kind(self) -> str:
@@ -387,8 +388,14 @@ def _scan(path: Path, rows, dtype: np.dtype, nan: str) -> tuple[np.ndarray, tupl
 
 def open_windows_source(path, key: str = "x", window: int | None = None, stride: int | None = None,
                         columns: Sequence[str] | None = None, nan: str = "error",
-                        model_input: ModelInput | None = None) -> WindowSource:
-    """Open and validate a windows file; `model_input`, when given, is checked too."""
+                        model_input: ModelInput | None = None, skipped: np.ndarray | None = None) -> WindowSource:
+    """Open and validate a windows file; `model_input`, when given, is checked too.
+
+    `skipped`, when given, are the windows an earlier open of the same file found unusable: the
+    NaN/Inf scan is not repeated (how a replay shard reopens the file on a cluster worker).
+    """
+    recipe = {"path": str(path), "key": key, "window": window, "stride": stride,
+              "columns": list(columns) if columns else None, "nan": nan}
     path = Path(path)
     if nan not in ("error", "skip"):
         raise WindowsError_(f"--nan {nan}: expected error or skip")
@@ -399,6 +406,11 @@ def open_windows_source(path, key: str = "x", window: int | None = None, stride:
     tokens = model_input is not None and model_input.kind == "tokens"
     try:
         rows = _rows(path, key, window, stride, columns, tokens)
+        dtype = _model_dtype(path, rows.shape, rows.dtype)
+        if skipped is None:
+            skipped, token_range = _scan(path, rows, dtype, nan)  # reads every byte: corrupt data shows up here
+        else:
+            skipped, token_range = np.asarray(skipped, dtype=np.int64), None
     except WindowsError_:
         raise
     except (ValueError, OSError, EOFError, KeyError, RuntimeError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
@@ -406,9 +418,8 @@ def open_windows_source(path, key: str = "x", window: int | None = None, stride:
         raise WindowsError_(f"{path}: not a readable {path.suffix.lower()} file ({reason})") from None
     except Exception as exc:  # noqa: BLE001 - parsers of hostile files raise anything; report, never crash
         raise WindowsError_(f"{path}: not a readable {path.suffix.lower()} file ({type(exc).__name__}: {exc})") from None
-    dtype = _model_dtype(path, rows.shape, rows.dtype)
-    skipped, token_range = _scan(path, rows, dtype, nan)
     source = WindowSource(path, rows, dtype, skipped, token_range)
+    source.recipe = recipe
     if model_input is not None:
         source.check(model_input)
     return source
