@@ -33,7 +33,8 @@ from reporter.expose import Layer
 from reporter.stats import RunStats, StatsConfig
 from reporter.windows import WindowSource
 
-__all__ = ["ReplayResult", "Replayer", "choose_provider", "merge_results", "model_output_names", "open_session"]
+__all__ = ["ReplayResult", "Replayer", "choose_provider", "merge_results", "model_output_names", "open_session",
+           "run_bound"]
 
 MAX_OUTPUT_VALUES = 4096  # last-step output values kept per window (more: the output is not kept)
 
@@ -89,6 +90,19 @@ def open_session(model: bytes, provider: str, threads: int = 1) -> ort.Inference
         raise ReporterError("--provider cuda: onnxruntime could not start the CUDA provider (is a GPU visible, and do "
                             "the CUDA/cuDNN libraries match onnxruntime-gpu?); use --provider cpu")
     return session
+
+
+def run_bound(session: ort.InferenceSession, input_name: str, windows: np.ndarray, names: list[str],
+              device: str) -> dict[str, np.ndarray]:
+    """Run one batch with IO binding: the input is copied to `device` once, and every output is
+    written by the provider straight into host memory, where the accumulators read it. No output
+    is kept on the device or copied twice; outputs nothing reads are not fetched at all."""
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(input_name, ort.OrtValue.ortvalue_from_numpy(windows, device, 0))
+    for name in names:
+        binding.bind_output(name, "cpu")
+    session.run_with_iobinding(binding)
+    return dict(zip(names, binding.copy_outputs_to_cpu()))
 
 
 def model_output_names(model: onnx.ModelProto, layers: list[Layer]) -> list[str]:
@@ -159,7 +173,13 @@ class Replayer:
 
     def run_batch(self, windows: np.ndarray) -> dict[str, np.ndarray]:
         """Every graph output (model outputs and gates) for a few windows."""
-        return dict(zip(self.names, self._sessions[0].run(None, {self.input_name: windows})))
+        return self._run(self._sessions[0], windows)
+
+    def _run(self, session: ort.InferenceSession, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """One batch through one session; on CUDA through IO binding (see `run_bound`)."""
+        if self.provider == "cuda":
+            return run_bound(session, self.input_name, windows, self.names, "cuda")
+        return dict(zip(self.names, session.run(None, {self.input_name: windows})))
 
     def gates(self, outputs: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
         """Regroup a batch's graph outputs as {layer name: {gate: [B, T, D, H]}}."""
@@ -209,7 +229,7 @@ class Replayer:
                 if item is None:
                     return
                 indices, windows = item
-                outputs = dict(zip(self.names, session.run(None, {self.input_name: windows})))
+                outputs = self._run(session, windows)
                 self._fold(stats, rows, indices, outputs)
                 bar.update(len(indices))
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it

@@ -188,3 +188,27 @@ def test_reference_run_scores_new_windows_against_trusted_ones(tmp_path, capsys)
     assert scored.meta["reference"]["path"] == str(tmp_path / "trusted")
     assert scored.window_scores["anomaly_score"].median() > trusted.window_scores["anomaly_score"].quantile(0.9)
     json.dumps(scored.meta)  # run.json stays plain JSON
+
+
+def test_io_binding_gives_the_same_outputs_as_a_plain_run(tiny):
+    """The CUDA path runs batches through IO binding; the same code runs on the CPU provider here."""
+    from reporter.replay import open_session, run_bound
+
+    _, windows, model = tiny
+    session = open_session(model.exposed.SerializeToString(), "cpu")
+    names = [o.name for o in session.get_outputs()]
+    x = open_windows_source(windows).take(np.arange(7))
+    bound = run_bound(session, "x", x, names, "cpu")
+    plain = dict(zip(names, session.run(None, {"x": x})))
+    assert list(bound) == names
+    for name in names:
+        np.testing.assert_array_equal(bound[name], plain[name])
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="no CUDA provider here")
+def test_cuda_replay_equals_cpu_replay(tiny):
+    _, windows, model = tiny
+    source = open_windows_source(windows)
+    cpu = Replayer(model.exposed, model.layers, "cpu", workers=1).replay(source, 8, progress=False)
+    cuda = Replayer(model.exposed, model.layers, "cuda").replay(source, 8, progress=False)
+    np.testing.assert_allclose(cuda.features.to_numpy(), cpu.features.to_numpy(), rtol=1e-4, atol=1e-5)
