@@ -135,11 +135,11 @@ def _positive(text: str) -> int:
 def _cmd_build(args: argparse.Namespace) -> int:
     """Build the static site for the runs in a config file (atomically: all or nothing)."""
     from reporter.config import load_config
-    from reporter.site import build_site
+    from reporter.build import build
 
     only_runs = args.config is None and args.runs
     config = None if only_runs else load_config(args.config or Path("reporter.toml"))
-    output = build_site(config, args.output, run_dirs=args.runs or (),
+    output = build(config, args.output, run_dirs=args.runs or (),
                         progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"built {output / 'index.html'}")
     return 0

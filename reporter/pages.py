@@ -18,8 +18,7 @@ from reporter import charts
 from reporter.anomaly import explain_window, flag_threshold, typical_from_timestep_stats
 from reporter.expose import Layer
 from reporter.impulse import impulse_summary
-from reporter.run_cache import slug
-from reporter.runstore import Run
+from reporter.runstore import Run, slug
 from reporter.stats import gate_family, gate_order
 
 __all__ = ["RunView", "render_all", "unit_table"]

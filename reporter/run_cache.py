@@ -23,18 +23,10 @@ from reporter.config import RunConfig
 from reporter.errors import RunError
 from reporter.make_run import RunSettings, make_run
 from reporter.model_source import exposed_model_from_checkpoint
-from reporter.runstore import SCHEMA_VERSION, Run
+from reporter.runstore import SCHEMA_VERSION, Run, slug
 from reporter.windows import open_windows_source
 
-__all__ = ["cache_key", "cached_run", "slug"]
-
-
-def slug(text: str) -> str:
-    """A file-name-safe form of a name: letters, digits, '.', '_' and '-' kept, the rest '_', ≤ 60 chars."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", text).strip("._") or "_"
-    if cleaned != text or len(cleaned) > 60:  # distinct names never share a slug
-        cleaned = f"{cleaned[:50]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-    return cleaned
+__all__ = ["cache_key", "cached_run"]
 
 
 def cache_key(run: RunConfig, settings: RunSettings) -> str:

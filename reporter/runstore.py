@@ -20,8 +20,10 @@ byte-identical.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,7 @@ from reporter.errors import RunError
 from reporter.expose import Layer, layers_from_json, layers_to_json
 from reporter.stats import GATE_STATS_COLUMNS, TIMESTEP_STATS_COLUMNS
 
-__all__ = ["Run", "SCHEMA_VERSION", "TABLES", "ARRAYS"]
+__all__ = ["Run", "SCHEMA_VERSION", "TABLES", "ARRAYS", "slug"]
 
 SCHEMA_VERSION = 1
 TABLES = ("gate_stats", "timestep_stats", "window_scores", "explanations", "impulse")
@@ -112,6 +114,14 @@ def _check_layers(path: Path, layers: list) -> None:
               and isinstance(layer.activations, dict) and isinstance(layer.direction, str))
         if not ok:
             raise RunError(f"{path}: a layer entry is malformed ({str(layer)[:120]})")
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a name: letters, digits, '.', '_' and '-' kept, the rest '_', ≤ 60 chars."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", text).strip("._") or "_"
+    if cleaned != text or len(cleaned) > 60:  # distinct names never share a slug
+        cleaned = f"{cleaned[:50]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    return cleaned
 
 
 def _json(value: dict) -> str:

@@ -11,6 +11,8 @@ specs enter pages only through `tojson` (which escapes `<`, `>` and `&`).
     site/runs/<run>/w<window>.html                window page: input, where it departs from typical
     site/runs/<run>/<layer>-w<window>.html        layer page: unit × step heatmaps, unit table
     site/diffs/<model>-<baseline>-vs-<version>.html  what changed since the configured baseline
+
+Runs arrive already made (`reporter.build` gathers them): this module knows nothing of torch or ONNX.
 """
 
 from __future__ import annotations
@@ -19,19 +21,17 @@ import datetime as dt
 import hashlib
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import jinja2
 
 from reporter import pages
 from reporter.atomic import check_output_dir, staging_dir
-from reporter.config import SiteConfig
 from reporter.errors import OutputError
-from reporter.run_cache import cached_run
 from reporter.runstore import Run
 
-__all__ = ["ASSETS", "TEMPLATES", "build_site", "environment", "gather_runs"]
+__all__ = ["ASSETS", "TEMPLATES", "build_site", "environment", "write_assets"]
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 ASSETS = TEMPLATES / "assets"
@@ -51,25 +51,6 @@ def build_time() -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def gather_runs(config: SiteConfig | None, run_dirs: Iterable[Path] = (),
-                progress: Callable[[str], None] = print) -> list[tuple[Run, str | None]]:
-    """Every run of the site with its baseline version: configured ones (cached), then given run directories."""
-    gathered = []
-    if config is not None:
-        cache = config.path.parent / "runs"
-        for run in config.runs:
-            gathered.append((cached_run(run, cache, progress), run.baseline))
-    for folder in run_dirs:
-        gathered.append((Run.load(folder), None))
-    seen = set()
-    for run, _ in gathered:
-        if run.name in seen:
-            raise OutputError(f"{run.path}: a second run of model {run.meta['model']!r} version "
-                              f"{run.meta['version']!r}; each model version can appear once")
-        seen.add(run.name)
-    return gathered
-
-
 def _hashed_asset(staging: Path, name: str, content: bytes) -> str:
     """Write an asset under a content-hashed name (cache-safe for any web server); return its site path."""
     stem, suffix = name.rsplit(".", 1)
@@ -87,24 +68,21 @@ def write_assets(staging: Path) -> dict[str, str]:
             "script": _hashed_asset(staging, "site.js", (ASSETS / "site.js").read_bytes())}
 
 
-def build_site(config: SiteConfig | None, output: Path | None = None, run_dirs: Iterable[Path] = (),
-               progress: Callable[[str], None] = print, title: str | None = None) -> Path:
-    """Gather every run, render every page into a temporary folder, then swap it in."""
-    if output is None and config is None:
-        raise OutputError("no output folder: pass -o or a config with [site] output")
-    output = Path(output or config.output)
+def build_site(runs: list[tuple[Run, str | None]], output: Path, title: str = "Gate Reporter",
+               thresholds: dict[str, float] | None = None, progress: Callable[[str], None] = print) -> Path:
+    """Render every page for these runs (each with its baseline version, or None) into a temporary
+    folder beside `output`, then swap it in; return `output`."""
+    from reporter.diff import DEFAULT_THRESHOLDS
+
+    output = Path(output)
     check_output_dir(output)
-    runs = gather_runs(config, run_dirs, progress)
     if not runs:
-        raise OutputError(f"{output}: nothing to build: the config has no runs and no --runs were given")
-    site_title = title or (config.title if config else "Gate Reporter")
+        raise OutputError(f"{output}: nothing to build: no runs")
     with staging_dir(output) as staging:
         assets = write_assets(staging)
         progress(f"rendering pages for {len(runs)} runs …")
-        from reporter.diff import DEFAULT_THRESHOLDS
-
-        thresholds = (config.thresholds if config else None) or DEFAULT_THRESHOLDS
-        written = pages.render_all(environment(), staging, runs, site_title, build_time(), assets, thresholds)
+        written = pages.render_all(environment(), staging, runs, title, build_time(), assets,
+                                   thresholds or DEFAULT_THRESHOLDS)
         for name in _KEPT:
             if (output / name).is_file():
                 shutil.copy2(output / name, staging / name)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from reporter.config import load_config
-from reporter.site import build_site
+from reporter.build import build as build_site
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -186,7 +186,7 @@ def test_hostile_names_render_as_text_and_run_nothing(browser, tmp_path):
     from reporter.diff import DEFAULT_THRESHOLDS, diff_runs
     from reporter.review import write_diff_dir, write_markdown
     from reporter.runstore import Run
-    from reporter.site import build_site
+    from reporter.build import build as build_site
 
     runs = [_hostile_run(tmp_path, version) for version in ('v1 "</script>', "v2 <i>")]
     site = build_site(None, tmp_path / "site", run_dirs=runs, progress=lambda _: None, title="<h1>site</h1>")

@@ -9,7 +9,7 @@ import pytest
 
 from reporter.config import load_config
 from reporter.errors import ReporterError
-from reporter.site import build_site
+from reporter.build import build as build_site
 from tests.tiny_models import save_tiny
 
 HOSTILE = '<script>alert("x")</script> & "quotes"'

@@ -1,0 +1,51 @@
+"""The build command: gather every run of the site (replaying only what changed), then build it.
+
+Gathering needs checkpoints, ONNX and replay (`run_cache`); building needs only runs (`site`).
+Keeping the two apart keeps `site` free of torch and ONNX, as the module map says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from reporter.config import SiteConfig
+from reporter.errors import OutputError
+from reporter.run_cache import cached_run
+from reporter.runstore import Run
+from reporter.site import build_site
+
+__all__ = ["build", "gather_runs"]
+
+
+def gather_runs(config: SiteConfig | None, run_dirs: Iterable[Path] = (),
+                progress: Callable[[str], None] = print) -> list[tuple[Run, str | None]]:
+    """Every run of the site with its baseline version: configured ones (cached), then given run directories."""
+    gathered = []
+    if config is not None:
+        cache = config.path.parent / "runs"
+        for run in config.runs:
+            gathered.append((cached_run(run, cache, progress), run.baseline))
+    for folder in run_dirs:
+        gathered.append((Run.load(folder), None))
+    seen = set()
+    for run, _ in gathered:
+        if run.name in seen:
+            raise OutputError(f"{run.path}: a second run of model {run.meta['model']!r} version "
+                              f"{run.meta['version']!r}; each model version can appear once")
+        seen.add(run.name)
+    return gathered
+
+
+def build(config: SiteConfig | None, output: Path | None = None, run_dirs: Iterable[Path] = (),
+          progress: Callable[[str], None] = print, title: str | None = None) -> Path:
+    """Gather the runs of `config` and `run_dirs`, then build the site into `output` (or [site] output)."""
+    if output is None and config is None:
+        raise OutputError("no output folder: pass -o or a config with [site] output")
+    output = Path(output or config.output)
+    from reporter.atomic import check_output_dir
+
+    check_output_dir(output)  # before any replay: a bad output path fails at once
+    runs = gather_runs(config, run_dirs, progress)
+    return build_site(runs, output, title or (config.title if config else "Gate Reporter"),
+                      (config.thresholds if config else None), progress)
