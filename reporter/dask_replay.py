@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from reporter.errors import ReporterError
+from reporter.errors import ReporterError, WindowsError_
 from reporter.expose import Layer, layers_from_json, layers_to_json
 from reporter.replay import Replayer, ReplayResult, merge_results
 from reporter.stats import StatsConfig
@@ -50,7 +50,7 @@ def connect(address: str):
         return Client(cluster)
     try:
         return Client(address, timeout=30)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:
         raise ReporterError(f"--dask {address}: cannot reach the scheduler ({exc})") from None
 
 
@@ -69,6 +69,10 @@ def replay_shard(model: bytes, layers: str, stats: StatsConfig, recipe: dict, sk
     source = open_windows_source(recipe["path"], key=recipe.get("key", "x"), window=recipe.get("window"),
                                  stride=recipe.get("stride"), columns=recipe.get("columns"),
                                  nan=recipe.get("nan", "error"), skipped=skipped)
+    if list(source.shape) != recipe.get("shape", list(source.shape)) or source.path.stat().st_size != recipe.get(
+            "size", source.path.stat().st_size):
+        raise WindowsError_(f"{recipe['path']}: on this worker the file differs from the client's (shape "
+                            f"{list(source.shape)}, {source.path.stat().st_size} bytes): is it the same file?")
     key = hashlib.sha256(model + layers.encode() + repr(stats).encode()).hexdigest()
     if key not in _REPLAYERS:  # a session takes a moment to build: once per worker, not once per shard
         _REPLAYERS.clear()
@@ -92,7 +96,8 @@ def replay_on_dask(address: str, exposed: onnx.ModelProto, layers: list[Layer], 
             f"({client.scheduler.address})")
         model = client.scatter(exposed.SerializeToString(), broadcast=True, hash=False)  # a key of its own per replay
         start = time.perf_counter()
-        futures = {client.submit(replay_shard, model, layers_to_json(layers), stats, source.recipe, source.skipped,
+        recipe = {**source.recipe, "shape": list(source.shape), "size": source.path.stat().st_size}
+        futures = {client.submit(replay_shard, model, layers_to_json(layers), stats, recipe, source.skipped,
                                  lo, hi, batch_size, pure=False, key=f"gate-report-shard-{k}-{lo}-{hi}"): k
                    for k, (lo, hi) in enumerate(shards)}
         parts: dict[int, ReplayResult] = {}
@@ -102,9 +107,11 @@ def replay_on_dask(address: str, exposed: onnx.ModelProto, layers: list[Layer], 
                 k = futures[future]
                 try:
                     parts[k] = future.result()
-                except ReporterError as exc:
+                except Exception as exc:  # noqa: BLE001 - bad data, a crashed session, KilledWorker: name the shard
+                    client.cancel(list(futures))
                     lo, hi = shards[k]
-                    raise ReporterError(f"shard {k} (windows {lo}..{hi - 1}) failed: {exc}") from None
+                    raise ReporterError(f"shard {k} (windows {lo}..{hi - 1}) failed: {type(exc).__name__}: "
+                                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
                 bar.update(len(parts[k].features))
         seconds = time.perf_counter() - start
         return merge_results([parts[k] for k in range(len(shards))], seconds, workers, "cpu")

@@ -56,7 +56,8 @@ def _curves(base: dict[str, np.ndarray], pushed: dict[str, np.ndarray], layers: 
                 lags = by_step[step:] if direction == "forward" else by_step[: step + 1][::-1]
                 curves.append((f"{layer.name}/{gate}", kind, direction, lags))
     for name in output_names:
-        if base[name].ndim >= 2 and base[name].shape[1] == steps:  # outputs without a time axis have no curve
+        batch = base[next(iter(layers[0].outputs.values()))].shape[0]
+        if base[name].ndim >= 2 and base[name].shape[:2] == (batch, steps):  # batch-major, with a time axis
             curves.append((f"output:{name}", "output", "forward", _rms_by_step(pushed[name] - base[name])[step:]))
     return curves
 

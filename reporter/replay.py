@@ -13,6 +13,7 @@ numpy kernels release the GIL, so threads are enough. On CUDA, one session does 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -36,6 +37,8 @@ from reporter.windows import WindowSource
 __all__ = ["ReplayResult", "Replayer", "choose_provider", "merge_results", "model_output_names", "open_session",
            "run_bound"]
 
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 MAX_OUTPUT_VALUES = 4096  # last-step output values kept per window (more: the output is not kept)
 
 
@@ -78,6 +81,15 @@ def choose_provider(requested: str) -> tuple[str, str]:
     return "cpu", "provider: cpu (auto: no CUDA provider in this onnxruntime; install gate-reporter[gpu] for GPUs)"
 
 
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA/cuDNN libraries that pip's nvidia-* packages installed (onnxruntime-gpu ≥ 1.21
+    looks for them only there when asked; torch, when imported first, has loaded them already)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        with contextlib.suppress(Exception):  # nothing to preload: the system's libraries are used
+            preload()
+
+
 def open_session(model: bytes, provider: str, threads: int = 1) -> ort.InferenceSession:
     """An onnxruntime session on the CPU (`threads` intra-op threads) or on CUDA."""
     options = ort.SessionOptions()
@@ -85,6 +97,8 @@ def open_session(model: bytes, provider: str, threads: int = 1) -> ort.Inference
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # warnings about unused initializers etc. are not the user's business
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+    if provider == "cuda":
+        _preload_cuda_libraries()
     session = ort.InferenceSession(model, options, providers=providers)
     if provider == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         raise ReporterError("--provider cuda: onnxruntime could not start the CUDA provider (is a GPU visible, and do "
@@ -103,6 +117,14 @@ def run_bound(session: ort.InferenceSession, input_name: str, windows: np.ndarra
         binding.bind_output(name, "cpu")
     session.run_with_iobinding(binding)
     return dict(zip(names, binding.copy_outputs_to_cpu()))
+
+
+def _batch_major(model: onnx.ModelProto, name: str) -> bool:
+    """Whether an output's first axis can be the batch: not a fixed size in the graph (a final
+    state [layers, B, H] has a fixed first axis; the batch axis of an exported model is dynamic)."""
+    value = next(output for output in model.graph.output if output.name == name)
+    dims = value.type.tensor_type.shape.dim
+    return not (len(dims) and dims[0].HasField("dim_value"))
 
 
 def model_output_names(model: onnx.ModelProto, layers: list[Layer]) -> list[str]:
@@ -149,8 +171,13 @@ class _Rows:
             self.outputs[name][positions] = last
 
 
-def _last_step(value: np.ndarray) -> np.ndarray | None:
-    """A model output's value at the last step per window ([B, T, ...] → [B, ...]), if small enough."""
+def _last_step(value: np.ndarray, batch: int) -> np.ndarray | None:
+    """A model output's value at the last step per window ([B, T, ...] → [B, ...]), if small enough.
+
+    Outputs that are not batch-major (e.g. a final state [layers, B, H]) are not kept.
+    """
+    if value.ndim == 0 or value.shape[0] != batch or (value.ndim >= 3 and value.shape[1] == 0):
+        return None
     per_window = value[:, -1] if value.ndim >= 3 else value
     if per_window[0].size > MAX_OUTPUT_VALUES:
         return None
@@ -165,10 +192,11 @@ class Replayer:
         tune_allocator()
         self.layers, self.provider, self.stats_config = layers, provider, stats_config or StatsConfig()
         self.model_bytes = exposed.SerializeToString()
-        self.output_names = model_output_names(exposed, layers)
+        self.output_names = [name for name in model_output_names(exposed, layers) if _batch_major(exposed, name)]
         self.workers = 1 if provider == "cuda" else max(1, workers or min(2, os.cpu_count() or 1))
         self._sessions = [open_session(self.model_bytes, provider) for _ in range(self.workers)]
         self.input_name = self._sessions[0].get_inputs()[0].name
+        self.input_dtype = _ORT_TYPES.get(self._sessions[0].get_inputs()[0].type)  # windows are float32 or int64
         self.names = [output.name for output in self._sessions[0].get_outputs()]
 
     def run_batch(self, windows: np.ndarray) -> dict[str, np.ndarray]:
@@ -177,6 +205,8 @@ class Replayer:
 
     def _run(self, session: ort.InferenceSession, windows: np.ndarray) -> dict[str, np.ndarray]:
         """One batch through one session; on CUDA through IO binding (see `run_bound`)."""
+        if self.input_dtype is not None and windows.dtype != self.input_dtype:
+            windows = windows.astype(self.input_dtype)  # an int32-id or float16/float64 model input
         if self.provider == "cuda":
             return run_bound(session, self.input_name, windows, self.names, "cuda")
         return dict(zip(self.names, session.run(None, {self.input_name: windows})))
@@ -241,7 +271,7 @@ class Replayer:
         for layer, by_gate in gates.items():
             for gate, trace in by_gate.items():
                 stats.update(layer, gate, trace)
-        last_steps = {name: _last_step(outputs[name]) for name in self.output_names}
+        last_steps = {name: _last_step(outputs[name], len(indices)) for name in self.output_names}
         rows.put(indices, window_features(gates, self.layers, self.stats_config),
                  {name: last for name, last in last_steps.items() if last is not None})
 
@@ -261,6 +291,8 @@ def merge_results(parts: list[ReplayResult], seconds: float, workers: int, provi
     for part in parts[1:]:
         stats = stats.merge(part.stats)
     features = pd.concat([part.features for part in parts], ignore_index=True)
-    names = set.intersection(*(set(part.outputs) for part in parts))
-    outputs = {name: np.concatenate([part.outputs[name] for part in parts]) for name in parts[0].outputs if name in names}
+    with_rows = [part for part in parts if len(part.features)]  # a shard whose windows were all skipped has none
+    names = [name for name in (with_rows[0].outputs if with_rows else {})
+             if all(name in part.outputs for part in with_rows)]
+    outputs = {name: np.concatenate([part.outputs[name] for part in with_rows]) for name in names}
     return ReplayResult(stats, features, outputs, provider, seconds, workers)

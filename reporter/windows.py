@@ -6,7 +6,8 @@ Float windows are [N, T, F] series; token-id windows are integer [N, T]. Formats
                     one batch, however large the file)
     .npz            one named array (`key`, default "x"), streamed from its zip member the same way
     .pt             a tensor, or a dict holding one under `key` (torch.load(weights_only=True), mmap)
-    .parquet, .csv  a [rows, columns] table cut into sliding windows (`window`, `stride`, `columns`)
+    .parquet, .csv  a [rows, columns] table cut into sliding windows (`window`, `stride`, `columns`);
+                    a single integer column is a token stream, cut into [N, T] token-id windows
 
 Opening a source scans it once in bounded chunks for NaN/Inf (and token-id range), so problems
 are reported before replay starts: as an error naming how many windows and where, or, with
@@ -16,6 +17,7 @@ are reported before replay starts: as an error naming how many windows and where
 
 from __future__ import annotations
 
+import contextlib
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -76,6 +78,11 @@ class _ArrayRows:
     def read(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self.array[start:stop])
 
+    @contextlib.contextmanager
+    def reader(self):
+        """Sequential reads (the same as `read`: an array needs no open handle)."""
+        yield self.read
+
     def take(self, indices: np.ndarray) -> np.ndarray:
         return np.asarray(self.array[np.asarray(indices)])
 
@@ -96,6 +103,13 @@ class _NpyRows:
     def read(self, start: int, stop: int) -> np.ndarray:
         with self._open() as file:
             return self._read(file, start, stop)
+
+    @contextlib.contextmanager
+    def reader(self):
+        """One open handle for reads in ascending order: a compressed zip member then only ever
+        decompresses forward, instead of from its start for every batch."""
+        with self._open() as file:
+            yield lambda start, stop: self._read(file, start, stop)
 
     def _read(self, file, start: int, stop: int) -> np.ndarray:
         file.seek(self.offset + start * self.row_bytes)
@@ -227,13 +241,12 @@ def _check_columns(path: Path, wanted: Sequence[str] | None, names: list[str]) -
         raise WindowsError_(f"{path}: no column {missing[0]!r}; it has {', '.join(map(str, names))}")
 
 
-def _table_rows(path: Path, window: int | None, stride: int | None, columns: Sequence[str] | None,
-                tokens: bool) -> _ArrayRows:
+def _table_rows(path: Path, window: int | None, stride: int | None, columns: Sequence[str] | None) -> _ArrayRows:
     if window is None:
         raise WindowsError_(f"{path}: a table needs --window (steps per window) to be cut into windows")
     frame = _table(path, columns)
     values = frame.to_numpy()
-    if tokens and values.shape[1] == 1 and values.dtype.kind in "iu":
+    if values.shape[1] == 1 and values.dtype.kind in "iu":  # one integer column: a token stream
         values = values[:, 0].astype(np.int64)
     else:
         values = values.astype(np.float32)
@@ -243,8 +256,7 @@ def _table_rows(path: Path, window: int | None, stride: int | None, columns: Seq
     return _ArrayRows(view if view.ndim == 2 else view.transpose(0, 2, 1))  # [N, F, T] → [N, T, F]
 
 
-def _rows(path: Path, key: str, window: int | None, stride: int | None, columns: Sequence[str] | None,
-          tokens: bool):
+def _rows(path: Path, key: str, window: int | None, stride: int | None, columns: Sequence[str] | None):
     suffix = path.suffix.lower()
     if suffix == ".npy":
         return _npy_rows(path)
@@ -253,7 +265,7 @@ def _rows(path: Path, key: str, window: int | None, stride: int | None, columns:
     if suffix == ".pt":
         return _pt_rows(path, key)
     if suffix in (".parquet", ".csv"):
-        return _table_rows(path, window, stride, columns, tokens)
+        return _table_rows(path, window, stride, columns)
     raise WindowsError_(f"{path}: unsupported windows format {suffix!r} (expected {', '.join(FORMATS)})")
 
 
@@ -313,15 +325,16 @@ class WindowSource:
         """Yield (file indices, C-contiguous windows) for the kept windows with index in [start, stop)."""
         stop = self.shape[0] if stop is None else min(stop, self.shape[0])
         skipped = set(self.skipped.tolist())
-        for first in range(start, stop, batch_size):
-            last = min(first + batch_size, stop)
-            rows = self._rows.read(first, last)
-            indices = np.arange(first, last, dtype=np.int64)
-            if skipped:
-                keep = np.array([i not in skipped for i in indices.tolist()])
-                rows, indices = rows[keep], indices[keep]
-            if len(indices):
-                yield indices, np.ascontiguousarray(rows, dtype=self.dtype)
+        with self._rows.reader() as read:
+            for first in range(start, stop, batch_size):
+                last = min(first + batch_size, stop)
+                rows = read(first, last)
+                indices = np.arange(first, last, dtype=np.int64)
+                if skipped:
+                    keep = np.array([i not in skipped for i in indices.tolist()])
+                    rows, indices = rows[keep], indices[keep]
+                if len(indices):
+                    yield indices, np.ascontiguousarray(rows, dtype=self.dtype)
 
     def take(self, indices) -> np.ndarray:
         """The windows at these file indices, in model dtype."""
@@ -353,6 +366,15 @@ class WindowSource:
                                     f"rows), found ids from {low} to {high}")
 
 
+def _blocks(rows, count: int, chunk: int, dtype: np.dtype):
+    """(first index, block in the model's dtype) over the file, one handle, bounded memory."""
+    with rows.reader() as read:
+        for first in range(0, count, chunk):
+            with np.errstate(over="ignore", invalid="ignore"):  # a float64 1e39 becomes inf, as replay will see it
+                block = read(first, min(first + chunk, count)).astype(dtype, copy=False)
+            yield first, block
+
+
 def _scan(path: Path, rows, dtype: np.dtype, nan: str) -> tuple[np.ndarray, tuple[int, int] | None]:
     """One bounded-memory pass: windows holding NaN/Inf (float), or the id range (tokens)."""
     count = rows.shape[0]
@@ -361,8 +383,7 @@ def _scan(path: Path, rows, dtype: np.dtype, nan: str) -> tuple[np.ndarray, tupl
     bad: list[np.ndarray] = []
     first_where = None
     low, high = None, None
-    for first in range(0, count, chunk):
-        block = rows.read(first, min(first + chunk, count))
+    for first, block in _blocks(rows, count, chunk, dtype):
         if dtype.kind == "f":
             finite = np.isfinite(block)
             rows_bad = ~finite.reshape(len(block), -1).all(axis=1)
@@ -394,7 +415,7 @@ def open_windows_source(path, key: str = "x", window: int | None = None, stride:
     `skipped`, when given, are the windows an earlier open of the same file found unusable: the
     NaN/Inf scan is not repeated (how a replay shard reopens the file on a cluster worker).
     """
-    recipe = {"path": str(path), "key": key, "window": window, "stride": stride,
+    recipe = {"path": str(Path(path).resolve()), "key": key, "window": window, "stride": stride,
               "columns": list(columns) if columns else None, "nan": nan}
     path = Path(path)
     if nan not in ("error", "skip"):
@@ -403,9 +424,8 @@ def open_windows_source(path, key: str = "x", window: int | None = None, stride:
         raise WindowsError_(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise WindowsError_(f"{path}: is empty")
-    tokens = model_input is not None and model_input.kind == "tokens"
     try:
-        rows = _rows(path, key, window, stride, columns, tokens)
+        rows = _rows(path, key, window, stride, columns)
         dtype = _model_dtype(path, rows.shape, rows.dtype)
         if skipped is None:
             skipped, token_range = _scan(path, rows, dtype, nan)  # reads every byte: corrupt data shows up here

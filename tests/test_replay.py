@@ -212,3 +212,58 @@ def test_cuda_replay_equals_cpu_replay(tiny):
     cpu = Replayer(model.exposed, model.layers, "cpu", workers=1).replay(source, 8, progress=False)
     cuda = Replayer(model.exposed, model.layers, "cuda").replay(source, 8, progress=False)
     np.testing.assert_allclose(cuda.features.to_numpy(), cpu.features.to_numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_outputs_that_are_not_batch_major_are_left_out(tmp_path, capsys):
+    """A model returning its final state [layers, B, H] beside y: replay keeps y, skips the state."""
+    checkpoint = tmp_path / "state.pt"
+    import torch
+
+    from tests.tiny_models import tiny_with_state
+
+    torch.save(tiny_with_state().state_dict(), checkpoint)
+    np.save(tmp_path / "w.npy", np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32))  # B = layers
+    assert main(["replay", str(checkpoint), "--factory", "tests.tiny_models:tiny_with_state", "--windows",
+                 str(tmp_path / "w.npy"), "-o", str(tmp_path / "run"), "--provider", "cpu", "--batch-size", "2"]) == 0
+    run = Run.load(tmp_path / "run")
+    assert [value.shape for value in run.outputs.values()] == [(2, 3)]
+
+
+def test_merging_shards_keeps_outputs_when_a_shard_had_no_windows(tiny, tmp_path):
+    from reporter.replay import merge_results
+
+    _, _, model = tiny
+    x = np.random.default_rng(3).standard_normal((12, 9, 3)).astype(np.float32)
+    x[4:8] = np.nan
+    np.save(tmp_path / "w.npy", x)
+    source = open_windows_source(tmp_path / "w.npy", nan="skip")
+    replayer = Replayer(model.exposed, model.layers, "cpu", workers=1)
+    parts = [replayer.replay(source, 4, progress=False, start=lo, stop=lo + 4) for lo in (0, 4, 8)]
+    merged = merge_results(parts, 1.0, 3, "cpu")
+    whole = replayer.replay(source, 4, progress=False)
+    assert set(merged.outputs) == set(whole.outputs) and len(whole.outputs) == 1
+    for name in whole.outputs:
+        np.testing.assert_array_equal(merged.outputs[name], whole.outputs[name])
+    pd.testing.assert_frame_equal(merged.features, whole.features)
+
+
+def test_models_taking_double_input_get_their_windows_cast(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from reporter.expose import expose_gates
+
+    W = numpy_helper.from_array(np.eye(3, dtype=np.float32)[None], "W")
+    R = numpy_helper.from_array(0.5 * np.eye(3, dtype=np.float32)[None], "R")
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("Transpose", ["xf"], ["xt"], perm=[1, 0, 2]),
+             helper.make_node("RNN", ["xt", "W", "R"], ["Y"], hidden_size=3)]
+    graph = helper.make_graph(nodes, "double", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["b", "t", 3])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["t", 1, "b", 3])], [W, R])
+    exposed, layers = expose_gates(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]))
+    onnx.checker.check_model(exposed)
+    windows = np.random.default_rng(0).standard_normal((4, 5, 3)).astype(np.float32)
+    np.save(tmp_path / "w.npy", windows)
+    result = Replayer(exposed, layers, "cpu", workers=1).replay(open_windows_source(tmp_path / "w.npy"), 2,
+                                                               progress=False)
+    assert result.stats.to_frames().gate_stats["count"].sum() == 4 * 5 * 3

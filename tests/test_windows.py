@@ -197,3 +197,31 @@ def test_model_input_is_read_from_the_graph_and_checked(tmp_path):
     assert fixed.steps == 12
     with pytest.raises(WindowsError_, match="input 'x' has element type STRING"):
         ModelInput.from_onnx(_model(TensorProto.STRING, ["batch", "time"]))
+
+
+def test_a_single_integer_table_column_is_a_token_stream(tmp_path):
+    pd.DataFrame({"token": np.arange(30) % 7}).to_csv(tmp_path / "tokens.csv", index=False)
+    source = open_windows_source(tmp_path / "tokens.csv", window=10, stride=5)
+    assert source.kind == "tokens" and source.shape == (5, 10)
+    np.testing.assert_array_equal(source.take([1])[0], np.arange(5, 15) % 7)
+
+
+def test_float64_values_beyond_float32_count_as_inf(tmp_path):
+    x = np.zeros((3, 4, 2))
+    x[1, 2, 0] = 1e39  # finite as float64, inf once cast to the float32 the model takes
+    np.save(tmp_path / "big.npy", x)
+    with pytest.raises(WindowsError_, match=r"1 of 3 windows hold NaN or Inf \(windows 1; first at window 1, step 2"):
+        open_windows_source(tmp_path / "big.npy")
+
+
+def test_compressed_npz_batches_read_forward_through_one_handle(tmp_path, monkeypatch):
+    import zipfile
+
+    x = _series(n=50)
+    np.savez_compressed(tmp_path / "c.npz", x=x)
+    source = open_windows_source(tmp_path / "c.npz")
+    opened = []
+    real = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, *a, **k: opened.append(a) or real(self, *a, **k))
+    np.testing.assert_array_equal(np.concatenate([w for _, w in source.batches(4)]), x)
+    assert len(opened) == 1  # not one decompression from the start per batch

@@ -54,3 +54,22 @@ def tiny_charlm(vocab: int = 20, hidden: int = 5) -> TinyCharLM:
     """Factory for a token model; seeded."""
     torch.manual_seed(0)
     return TinyCharLM(vocab, hidden).eval()
+
+
+class TinyWithState(torch.nn.Module):
+    """A model that returns its final hidden state [layers, B, H] beside the per-step output."""
+
+    def __init__(self, features: int = 3, hidden: int = 4):
+        super().__init__()
+        self.rnn = torch.nn.LSTM(features, hidden, num_layers=2, batch_first=True)
+        self.head = torch.nn.Linear(hidden, features)
+
+    def forward(self, x: torch.Tensor):
+        y, (h, _) = self.rnn(x)
+        return self.head(y), h
+
+
+def tiny_with_state(features: int = 3, hidden: int = 4) -> TinyWithState:
+    """Factory; seeded."""
+    torch.manual_seed(0)
+    return TinyWithState(features, hidden).eval()
