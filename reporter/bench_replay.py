@@ -7,6 +7,8 @@ tiling its stored windows with a little noise. In the same subprocess, as the ba
 model alone runs over the same windows on the same threads. Reported: windows/s of both, their
 ratio, and peak memory per size with the ratio largest ÷ smallest (goal ≤ 1.3: memory must not
 grow with the number of windows; only the per-window rows of window_scores do, ~0.5 KB each).
+With several providers (`--provider cpu,cuda`) every size runs once per provider, so a GPU's
+speed-up is read against the CPU in the same benchmark on the same machine.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class ReplayBench:
     """One size: replay and fused-model throughput, wall time of the whole run, peak memory."""
 
     windows: int
+    provider: str  # "cpu" or "cuda"
     replay_wps: float  # windows/s of the replay loop (model, statistics, features)
     fused_wps: float  # windows/s of the fused model alone, same threads and batches
     total_s: float  # the whole run: replay, scoring, sampled traces, impulse, writing
@@ -59,12 +62,14 @@ def make_windows(count: int, path: Path, seed: int = 0) -> Path:
     return path
 
 
-def _fused_throughput(model, source, batch_size: int, workers: int) -> float:
-    """Windows/s of the fused model alone over every window, `workers` 1-thread sessions at once."""
-    from reporter.replay import open_session
+def _fused_throughput(model, source, batch_size: int, workers: int, provider: str) -> float:
+    """Windows/s of the fused model alone over every window: `workers` 1-thread CPU sessions at
+    once, or one CUDA session fed through IO binding, as replay runs them."""
+    from reporter.replay import open_session, run_bound
 
-    sessions = [open_session(model.SerializeToString(), "cpu") for _ in range(workers)]
+    sessions = [open_session(model.SerializeToString(), provider) for _ in range(workers)]
     name = sessions[0].get_inputs()[0].name
+    outputs = [output.name for output in sessions[0].get_outputs()]
     batches, lock = source.batches(batch_size), threading.Lock()
 
     def work(session) -> None:
@@ -73,7 +78,10 @@ def _fused_throughput(model, source, batch_size: int, workers: int) -> float:
                 item = next(batches, None)
             if item is None:
                 return
-            session.run(None, {name: item[1]})
+            if provider == "cuda":
+                run_bound(session, name, item[1], outputs, "cuda")
+            else:
+                session.run(None, {name: item[1]})
 
     start = time.perf_counter()
     threads = [threading.Thread(target=work, args=(s,)) for s in sessions]
@@ -84,7 +92,7 @@ def _fused_throughput(model, source, batch_size: int, workers: int) -> float:
     return source.n_windows / (time.perf_counter() - start)
 
 
-def child(count: int, batch_size: int) -> dict:
+def child(count: int, batch_size: int, provider: str = "cpu") -> dict:
     """Run in the subprocess: one full replay of `count` windows, then the fused baseline."""
     import resource
 
@@ -96,37 +104,50 @@ def child(count: int, batch_size: int) -> dict:
         source = open_windows_source(make_windows(count, Path(folder) / "windows.npy"))
         start = time.perf_counter()
         model = exposed_model_from_checkpoint(CHECKPOINT, FACTORY, {}, False, None, source=source)
-        run = make_run(model, source, RunSettings("forecaster", "bench", provider="cpu", batch_size=batch_size))
+        run = make_run(model, source, RunSettings("forecaster", "bench", provider=provider, batch_size=batch_size))
         run.save(Path(folder) / "run")
         total = time.perf_counter() - start
-        fused = _fused_throughput(model.fused, source, batch_size, run.meta["workers"])
-    return {"windows": count, "replay_wps": run.meta["windows_per_second"], "fused_wps": fused, "total_s": total,
+        fused = _fused_throughput(model.fused, source, batch_size, run.meta["workers"], provider)
+    return {"windows": count, "provider": provider, "replay_wps": run.meta["windows_per_second"], "fused_wps": fused, "total_s": total,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def bench_replay(sizes=(5000, 50000), batch_size: int = 256, say=print) -> list[ReplayBench]:
-    """Measure each size in its own subprocess."""
+def bench_replay(sizes=(5000, 50000), batch_size: int = 256, say=print, providers=("cpu",)) -> list[ReplayBench]:
+    """Measure each size, for each provider, in its own subprocess."""
     rows = []
-    for count in sizes:
-        say(f"replaying {count} windows in a fresh process …")
-        code = f"import json, reporter.bench_replay as b; print(json.dumps(b.child({count}, {batch_size})))"
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"replay benchmark of {count} windows failed:\n{done.stderr}")
-        rows.append(ReplayBench(**json.loads(done.stdout.strip().splitlines()[-1])))
+    for provider in providers:
+        for count in sizes:
+            say(f"replaying {count} windows on {provider} in a fresh process …")
+            code = (f"import json, reporter.bench_replay as b; "
+                    f"print(json.dumps(b.child({count}, {batch_size}, {provider!r})))")
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"replay benchmark of {count} windows on {provider} failed:\n{done.stderr}")
+            rows.append(ReplayBench(**json.loads(done.stdout.strip().splitlines()[-1])))
     return rows
 
 
 def format_replay(rows: list[ReplayBench]) -> str:
-    """A plain-text table, and the peak-memory ratio largest ÷ smallest run."""
-    lines = [f"{'windows':>8} {'replay win/s':>13} {'fused win/s':>12} {'fused/replay':>13} {'whole run s':>12} "
-             f"{'peak RSS MB':>12}"]
+    """A plain-text table; per provider the peak-memory ratio largest ÷ smallest run, and with
+    several providers each one's replay speed against the first's."""
+    lines = [f"{'provider':>8} {'windows':>8} {'replay win/s':>13} {'fused win/s':>12} {'fused/replay':>13} "
+             f"{'whole run s':>12} {'peak RSS MB':>12}"]
     for r in rows:
-        lines.append(f"{r.windows:>8} {r.replay_wps:>13.0f} {r.fused_wps:>12.0f} {r.cost:>12.2f}× {r.total_s:>12.1f} "
-                     f"{r.peak_rss_mb:>12.0f}")
-    if len(rows) > 1:
-        ratio = rows[-1].peak_rss_mb / rows[0].peak_rss_mb
-        lines.append(f"peak memory {rows[-1].windows} ÷ {rows[0].windows} windows: {ratio:.2f}× (goal ≤ 1.3: flat)")
-    lines.append("replay: 2×1-thread sessions with statistics and anomaly features per batch; fused: the unmodified "
-                 "model alone on the same batches and threads.")
+        lines.append(f"{r.provider:>8} {r.windows:>8} {r.replay_wps:>13.0f} {r.fused_wps:>12.0f} {r.cost:>12.2f}× "
+                     f"{r.total_s:>12.1f} {r.peak_rss_mb:>12.0f}")
+    providers = list(dict.fromkeys(r.provider for r in rows))
+    for provider in providers:
+        mine = [r for r in rows if r.provider == provider]
+        if len(mine) > 1:
+            ratio = mine[-1].peak_rss_mb / mine[0].peak_rss_mb
+            lines.append(f"{provider}: peak memory {mine[-1].windows} ÷ {mine[0].windows} windows: {ratio:.2f}× "
+                         f"(goal ≤ 1.3: flat)")
+    for provider in providers[1:]:
+        for r in rows:
+            base = next((b for b in rows if b.provider == providers[0] and b.windows == r.windows), None)
+            if r.provider == provider and base is not None:
+                lines.append(f"{provider} ÷ {providers[0]} replay, {r.windows} windows: "
+                             f"{r.replay_wps / base.replay_wps:.2f}×")
+    lines.append("replay: statistics and anomaly features per batch (cpu: 1-thread sessions side by side; cuda: one "
+                 "session through IO binding); fused: the unmodified model alone on the same batches and sessions.")
     return "\n".join(lines)

@@ -78,7 +78,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from reporter import bench_replay
 
         sizes = [_positive(size) for size in args.replay.split(",")]
-        rows = bench_replay.bench_replay(sizes, say=lambda line: print(line, file=sys.stderr, flush=True))
+        providers = [provider.strip() for provider in args.provider.split(",")]
+        for provider in providers:
+            if provider not in ("cpu", "cuda"):
+                raise ReporterError(f"--provider {provider}: expected cpu, cuda or cpu,cuda")
+            if provider == "cuda":
+                from reporter.replay import choose_provider
+
+                choose_provider("cuda")  # says what is missing before any benchmark starts
+        rows = bench_replay.bench_replay(sizes, say=lambda line: print(line, file=sys.stderr, flush=True),
+                                         providers=providers)
         print(bench_replay.format_replay(rows))
         return 0
     if args.checkpoint is None:
@@ -295,6 +304,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--replay", nargs="?", const="5000,50000", metavar="N,N",
                        help="instead: replay throughput and peak memory of the sample forecaster over N windows, "
                             "each size in a fresh process (default sizes 5000,50000)")
+    bench.add_argument("--provider", default="cpu", metavar="cpu|cuda|cpu,cuda",
+                       help="with --replay: the providers to replay on, each size on each (default cpu)")
     bench.add_argument("--dask-scaling", nargs="?", const=20000, type=_positive, metavar="N",
                        help="instead: windows/s of 1 process vs a 2-worker LocalCluster on N windows (default 20000)")
     bench.set_defaults(run=_cmd_bench)
