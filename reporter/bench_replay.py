@@ -38,6 +38,7 @@ class ReplayBench:
 
     windows: int
     provider: str  # "cpu" or "cuda"
+    workers: int  # sessions side by side, each with its own host thread for the statistics
     replay_wps: float  # windows/s of the replay loop (model, statistics, features)
     fused_wps: float  # windows/s of the fused model alone, same threads and batches
     total_s: float  # the whole run: replay, scoring, sampled traces, impulse, writing
@@ -92,7 +93,7 @@ def _fused_throughput(model, source, batch_size: int, workers: int, provider: st
     return source.n_windows / (time.perf_counter() - start)
 
 
-def child(count: int, batch_size: int, provider: str = "cpu") -> dict:
+def child(count: int, batch_size: int, provider: str = "cpu", workers: int | None = None) -> dict:
     """Run in the subprocess: one full replay of `count` windows, then the fused baseline."""
     import resource
 
@@ -104,22 +105,24 @@ def child(count: int, batch_size: int, provider: str = "cpu") -> dict:
         source = open_windows_source(make_windows(count, Path(folder) / "windows.npy"))
         start = time.perf_counter()
         model = exposed_model_from_checkpoint(CHECKPOINT, FACTORY, {}, False, None, source=source)
-        run = make_run(model, source, RunSettings("forecaster", "bench", provider=provider, batch_size=batch_size))
+        run = make_run(model, source, RunSettings("forecaster", "bench", provider=provider, batch_size=batch_size,
+                                                  workers=workers))
         run.save(Path(folder) / "run")
         total = time.perf_counter() - start
         fused = _fused_throughput(model.fused, source, batch_size, run.meta["workers"], provider)
-    return {"windows": count, "provider": provider, "replay_wps": run.meta["windows_per_second"], "fused_wps": fused, "total_s": total,
+    return {"windows": count, "provider": provider, "workers": run.meta["workers"], "replay_wps": run.meta["windows_per_second"], "fused_wps": fused, "total_s": total,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def bench_replay(sizes=(5000, 50000), batch_size: int = 256, say=print, providers=("cpu",)) -> list[ReplayBench]:
+def bench_replay(sizes=(5000, 50000), batch_size: int = 256, say=print, providers=("cpu",),
+                 workers: int | None = None) -> list[ReplayBench]:
     """Measure each size, for each provider, in its own subprocess."""
     rows = []
     for provider in providers:
         for count in sizes:
             say(f"replaying {count} windows on {provider} in a fresh process …")
             code = (f"import json, reporter.bench_replay as b; "
-                    f"print(json.dumps(b.child({count}, {batch_size}, {provider!r})))")
+                    f"print(json.dumps(b.child({count}, {batch_size}, {provider!r}, {workers!r})))")
             done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
             if done.returncode != 0:
                 raise RuntimeError(f"replay benchmark of {count} windows on {provider} failed:\n{done.stderr}")
@@ -130,10 +133,10 @@ def bench_replay(sizes=(5000, 50000), batch_size: int = 256, say=print, provider
 def format_replay(rows: list[ReplayBench]) -> str:
     """A plain-text table; per provider the peak-memory ratio largest ÷ smallest run, and with
     several providers each one's replay speed against the first's."""
-    lines = [f"{'provider':>8} {'windows':>8} {'replay win/s':>13} {'fused win/s':>12} {'fused/replay':>13} "
+    lines = [f"{'provider':>8} {'workers':>7} {'windows':>8} {'replay win/s':>13} {'fused win/s':>12} {'fused/replay':>13} "
              f"{'whole run s':>12} {'peak RSS MB':>12}"]
     for r in rows:
-        lines.append(f"{r.provider:>8} {r.windows:>8} {r.replay_wps:>13.0f} {r.fused_wps:>12.0f} {r.cost:>12.2f}× "
+        lines.append(f"{r.provider:>8} {r.workers:>7} {r.windows:>8} {r.replay_wps:>13.0f} {r.fused_wps:>12.0f} {r.cost:>12.2f}× "
                      f"{r.total_s:>12.1f} {r.peak_rss_mb:>12.0f}")
     providers = list(dict.fromkeys(r.provider for r in rows))
     for provider in providers:
@@ -148,6 +151,7 @@ def format_replay(rows: list[ReplayBench]) -> str:
             if r.provider == provider and base is not None:
                 lines.append(f"{provider} ÷ {providers[0]} replay, {r.windows} windows: "
                              f"{r.replay_wps / base.replay_wps:.2f}×")
-    lines.append("replay: statistics and anomaly features per batch (cpu: 1-thread sessions side by side; cuda: one "
-                 "session through IO binding); fused: the unmodified model alone on the same batches and sessions.")
+    lines.append("replay: statistics and anomaly features per batch, one host thread per session (cpu: 1-thread "
+                 "sessions; cuda: sessions fed through IO binding); fused: the unmodified model alone on the same "
+                 "batches and sessions.")
     return "\n".join(lines)

@@ -87,7 +87,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
                 choose_provider("cuda")  # says what is missing before any benchmark starts
         rows = bench_replay.bench_replay(sizes, say=lambda line: print(line, file=sys.stderr, flush=True),
-                                         providers=providers)
+                                         providers=providers, workers=args.workers)
         print(bench_replay.format_replay(rows))
         return 0
     if args.checkpoint is None:
@@ -306,6 +306,7 @@ def _parser() -> argparse.ArgumentParser:
                             "each size in a fresh process (default sizes 5000,50000)")
     bench.add_argument("--provider", default="cpu", metavar="cpu|cuda|cpu,cuda",
                        help="with --replay: the providers to replay on, each size on each (default cpu)")
+    bench.add_argument("--workers", type=_positive, help="with --replay: sessions side by side (default: up to 2 cores)")
     bench.add_argument("--dask-scaling", nargs="?", const=20000, type=_positive, metavar="N",
                        help="instead: windows/s of 1 process vs a 2-worker LocalCluster on N windows (default 20000)")
     bench.set_defaults(run=_cmd_bench)

@@ -96,9 +96,10 @@ def open_session(model: bytes, provider: str, threads: int = 1) -> ort.Inference
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # warnings about unused initializers etc. are not the user's business
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
-    if provider == "cuda":
+    providers: list = ["CPUExecutionProvider"]
+    if provider == "cuda":  # no TF32: its 10-bit matmuls would move gate values in the 4th digit from the CPU's
         _preload_cuda_libraries()
+        providers = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
     session = ort.InferenceSession(model, options, providers=providers)
     if provider == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         raise ReporterError("--provider cuda: onnxruntime could not start the CUDA provider (is a GPU visible, and do "
@@ -193,7 +194,8 @@ class Replayer:
         self.layers, self.provider, self.stats_config = layers, provider, stats_config or StatsConfig()
         self.model_bytes = exposed.SerializeToString()
         self.output_names = [name for name in model_output_names(exposed, layers) if _batch_major(exposed, name)]
-        self.workers = 1 if provider == "cuda" else max(1, workers or min(2, os.cpu_count() or 1))
+        # On CUDA too: the statistics run on the host and cost far more than the model (`bench --replay`).
+        self.workers = max(1, workers or min(2, os.cpu_count() or 1))
         self._sessions = [open_session(self.model_bytes, provider) for _ in range(self.workers)]
         self.input_name = self._sessions[0].get_inputs()[0].name
         self.input_dtype = _ORT_TYPES.get(self._sessions[0].get_inputs()[0].type)  # windows are float32 or int64

@@ -69,7 +69,7 @@ def stacked() -> tuple[onnx.ModelProto, dict[str, np.ndarray], dict[str, np.ndar
         ],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=10)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     first = rnn_reference.run("LSTM", x, w["lstm_W"], w["lstm_R"], w["lstm_B"], direction="bidirectional")
     gru_x = first.Y.transpose(0, 2, 1, 3).reshape(T, B, 2 * H)
@@ -322,6 +322,6 @@ def test_a_model_with_no_recurrent_node_is_a_model_error():
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 3])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 3])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=10)
     with pytest.raises(ModelError, match="LSTM|GRU|RNN"):
         expose_gates(model)

@@ -144,7 +144,7 @@ def build(case: Case, name: str = "rnn_node") -> Built:
         helper.make_tensor_value_info(n, TensorProto.FLOAT, _output_shape(case, n)) for n in node_outputs if n
     ]
     graph = helper.make_graph([node], "one_recurrent_node", graph_inputs, graph_outputs, initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=10)
     onnx.checker.check_model(model, full_check=True)
     return Built(model, feeds, values, case)
 

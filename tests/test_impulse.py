@@ -30,7 +30,8 @@ def _decaying_rnn(decay: float, direction: str = "forward"):
         [transpose, node, batch_major], "decay", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", UNITS])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["b", "t", directions, UNITS])],
         [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R")])
-    return expose_gates(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]))
+    # IR 10: onnx 1.23 writes IR 14 by default, which onnxruntime-gpu 1.31 cannot read
+    return expose_gates(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=10))
 
 
 def _runner(model):

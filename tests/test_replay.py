@@ -210,8 +210,26 @@ def test_cuda_replay_equals_cpu_replay(tiny):
     _, windows, model = tiny
     source = open_windows_source(windows)
     cpu = Replayer(model.exposed, model.layers, "cpu", workers=1).replay(source, 8, progress=False)
-    cuda = Replayer(model.exposed, model.layers, "cuda").replay(source, 8, progress=False)
+    cuda = Replayer(model.exposed, model.layers, "cuda", workers=2).replay(source, 8, progress=False)
+    assert cuda.provider == "cuda"
     np.testing.assert_allclose(cuda.features.to_numpy(), cpu.features.to_numpy(), rtol=1e-4, atol=1e-5)
+    cpu_frames, cuda_frames = cpu.stats.to_frames(), cuda.stats.to_frames()
+    np.testing.assert_array_equal(cuda_frames.gate_stats["count"], cpu_frames.gate_stats["count"])
+    np.testing.assert_allclose(cuda_frames.gate_stats["mean"], cpu_frames.gate_stats["mean"], atol=1e-5)
+    flips = 2 / cpu_frames.gate_stats["count"].min()  # a value within float error of a threshold may land either side
+    for column in ("frac_low", "frac_high"):
+        np.testing.assert_allclose(cuda_frames.gate_stats[column], cpu_frames.gate_stats[column], atol=flips)
+    for name in cpu.outputs:
+        np.testing.assert_allclose(cuda.outputs[name], cpu.outputs[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="no CUDA provider here")
+def test_auto_provider_takes_the_gpu_and_says_so(tmp_path, capsys):
+    checkpoint, windows = save_tiny(tmp_path)
+    assert main(["replay", str(checkpoint), "--factory", FACTORY, "--windows", str(windows), "-o",
+                 str(tmp_path / "run"), "--provider", "auto"]) == 0
+    assert "provider: cuda (auto" in capsys.readouterr().err
+    assert Run.load(tmp_path / "run").meta["provider"] == "cuda"
 
 
 def test_outputs_that_are_not_batch_major_are_left_out(tmp_path, capsys):
@@ -260,7 +278,7 @@ def test_models_taking_double_input_get_their_windows_cast(tmp_path):
              helper.make_node("RNN", ["xt", "W", "R"], ["Y"], hidden_size=3)]
     graph = helper.make_graph(nodes, "double", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["b", "t", 3])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["t", 1, "b", 3])], [W, R])
-    exposed, layers = expose_gates(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]))
+    exposed, layers = expose_gates(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=10))
     onnx.checker.check_model(exposed)
     windows = np.random.default_rng(0).standard_normal((4, 5, 3)).astype(np.float32)
     np.save(tmp_path / "w.npy", windows)
