@@ -175,24 +175,39 @@ def anomaly_chart(window_scores: pd.DataFrame, threshold: float) -> Figure:
                   "count axis); windows right of the dashed line (median + 3 robust std) are flagged.", chart)
 
 
+def _ticks(count: int, most: int = 16) -> list[int]:
+    """Round positions for at most `most` labels over 0..count-1 (every label of 100 steps would overlap)."""
+    every = next(step for step in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 10**9) if count / step <= most)
+    return list(range(0, count, every))
+
+
 def _step_axis(count: int) -> alt.Axis:
-    """An ordinal axis labelled at round intervals (every label of 100 steps would overlap)."""
-    every = next(step for step in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 10**9) if count / step <= 16)
-    return alt.Axis(values=list(range(0, count, every)), labelAngle=0)
+    """An ordinal axis labelled at round intervals."""
+    return alt.Axis(values=_ticks(count), labelAngle=0)
 
 
 def _unit_arrays(trace: np.ndarray, gate: str) -> pd.DataFrame:
-    """[T, D, H] → one row per unit with its values along the window (rounded) as an array."""
-    steps = trace.shape[0]
+    """[T, D, H] → one row per (direction, unit) with its values along the window (rounded) as an
+    array; `row` orders them (forward units, then backward), `dir` and `unit` name them as the
+    unit table does."""
+    steps, directions, hidden = trace.shape
     values = np.round(trace.reshape(steps, -1).astype(np.float64).T, 3)
-    return pd.DataFrame({"gate": gate, "unit": np.arange(values.shape[0]), "v": [row.tolist() for row in values]})
+    return pd.DataFrame({"gate": gate, "row": np.arange(values.shape[0]),
+                         "dir": np.repeat(np.arange(directions), hidden), "unit": np.tile(np.arange(hidden), directions),
+                         "v": [row.tolist() for row in values]})
 
 
 def heatmap_chart(layer: Layer, window_trace: dict[str, np.ndarray]) -> Figure:
     """Unit × step heatmaps of every gate of one layer for one window, sharing one copy of the data."""
     data = pd.concat([_unit_arrays(trace, gate) for gate, trace in window_trace.items()], ignore_index=True)
-    units = int(data["unit"].max()) + 1
+    units = int(data["row"].max()) + 1
+    hidden = int(data["unit"].max()) + 1
     steps = len(data["v"].iloc[0])
+    unit_axis = _step_axis(units)
+    if units > hidden:  # bidirectional: label rows "f3" (forward unit 3) and "b3" (backward unit 3)
+        ticks = [tick for tick in _ticks(hidden, 8) if tick == 0 or hidden - tick >= 4]  # f30 would sit on b0
+        unit_axis = alt.Axis(values=[d * hidden + tick for d in range(units // hidden) for tick in ticks], labelAngle=0,
+                             labelExpr=f"datum.value < {hidden} ? 'f' + datum.value : 'b' + (datum.value - {hidden})")
     height = int(min(320, max(90, 2.5 * units)))
     panels = []
     for gate in window_trace:
@@ -205,11 +220,12 @@ def heatmap_chart(layer: Layer, window_trace: dict[str, np.ndarray]) -> Figure:
         else:  # unbounded (the cell state): centre the diverging scale on 0
             scale = alt.Scale(scheme="blueorange", domainMid=0)
         panels.append(alt.Chart().transform_filter(alt.datum.gate == gate).transform_flatten(["v"]).transform_window(
-            step="row_number()", groupby=["unit"]).transform_calculate(t="datum.step - 1").mark_rect().encode(
+            step="row_number()", groupby=["row"]).transform_calculate(t="datum.step - 1").mark_rect().encode(
             x=alt.X("t:O", title="step in window", axis=_step_axis(steps)),
-            y=alt.Y("unit:O", title="unit", axis=_step_axis(units)),
+            y=alt.Y("row:O", title="unit" if units == hidden else "unit (f: forward, b: backward)", axis=unit_axis),
             color=alt.Color("v:Q", title=gate, scale=scale),
-            tooltip=["unit:O", "t:Q", alt.Tooltip("v:Q", format=".3f")],
+            tooltip=[alt.Tooltip("dir:O", title="dir"), alt.Tooltip("unit:O", title="unit"), "t:Q",
+                     alt.Tooltip("v:Q", format=".3f")],
         ).properties(width=_WIDTH, height=height, title=GATE_NAMES.get(gate, gate)))
     chart = alt.vconcat(*panels, data=data).resolve_scale(color="independent").properties(
         title=f"{layer.name}: every unit at every step")

@@ -59,9 +59,9 @@ class RunDiff:
     def headline(self) -> dict[str, float | None]:
         """The numbers `check` judges (None: not comparable between these runs)."""
         def largest(frame: pd.DataFrame, columns: list[str]) -> float | None:
-            if frame.empty:
-                return None
-            return float(frame[columns].abs().to_numpy().max())
+            values = frame[columns].abs().to_numpy().ravel() if not frame.empty else np.empty(0)
+            values = values[~np.isnan(values)]  # a gate no step reached has no distribution to compare
+            return float(values.max()) if values.size else None
 
         return {"saturation_delta": largest(self.gates, ["d_frac_low", "d_frac_high"]),
                 "wasserstein": largest(self.gates, ["wasserstein"]),
@@ -133,12 +133,16 @@ def _horizon(a: Run, b: Run, pairs) -> pd.DataFrame:
     return frame.assign(delta=frame["half_life_b"] - frame["half_life_a"]) if rows else frame
 
 
-def _impulse(a: Run, b: Run) -> pd.DataFrame:
+def _impulse(a: Run, b: Run, pairs) -> pd.DataFrame:
+    """Impulse half-lives of the states of matched layers, and of the model outputs both runs have."""
     if a.impulse.empty or b.impulse.empty:
         return pd.DataFrame()
     keys = ["target", "kind", "direction"]
+    matched = {layer.name for layer, _ in pairs}
     sides = [impulse_summary(run.impulse).groupby(keys, sort=False)["half_life"].mean() for run in (a, b)]
     frame = pd.concat(sides, axis=1, keys=["half_life_a", "half_life_b"], join="inner").reset_index()
+    comparable = [target.startswith("output:") or target.rsplit("/", 1)[0] in matched for target in frame["target"]]
+    frame = frame[comparable].reset_index(drop=True)
     return frame.assign(delta=frame["half_life_b"] - frame["half_life_a"])
 
 
@@ -228,8 +232,8 @@ def diff_runs(a: Run, b: Run) -> RunDiff:
     pairs = _shared_layers(a, b, notes)
     cka, units = _representation(a, b, pairs, same_windows, notes)
     anomaly, moved = _anomaly(a, b, same_windows)
-    return RunDiff(a, b, _gate_shift(a, b, pairs), _horizon(a, b, pairs), _impulse(a, b), cka, units, anomaly, moved,
-                   _outputs(a, b, same_windows, notes), notes)
+    return RunDiff(a, b, _gate_shift(a, b, pairs), _horizon(a, b, pairs), _impulse(a, b, pairs), cka, units, anomaly,
+                   moved, _outputs(a, b, same_windows, notes), notes)
 
 
 @dataclass(frozen=True)

@@ -118,16 +118,24 @@ def impulse_shift_chart(diff: RunDiff) -> Figure | None:
 
 
 def anomaly_shift_chart(diff: RunDiff) -> Figure:
-    """Both runs' anomaly score distributions."""
-    frames = [pd.DataFrame({"run": label, "anomaly_score": run.window_scores["anomaly_score"].round(_DIGITS)})
-              for label, run in ((f"A: {diff.a.name}", diff.a), (f"B: {diff.b.name}", diff.b))]
-    chart = alt.Chart(pd.concat(frames, ignore_index=True)).mark_line(interpolate="step").encode(
-        x=alt.X("anomaly_score:Q", bin=alt.Bin(maxbins=40), title="anomaly score (each run against its own windows)"),
-        y=alt.Y("count():Q", title="windows"), color=alt.Color("run:N", title=None, scale=_runs(diff)),
-        tooltip=["run", alt.Tooltip("count():Q", title="windows")],
+    """Both runs' anomaly score distributions, as shares of each run's windows (the runs may have
+    replayed different numbers of windows), over the same bins."""
+    scores = {f"A: {diff.a.name}": diff.a.window_scores["anomaly_score"].to_numpy(np.float64),
+              f"B: {diff.b.name}": diff.b.window_scores["anomaly_score"].to_numpy(np.float64)}
+    finite = np.concatenate([values[np.isfinite(values)] for values in scores.values()])
+    edges = np.histogram_bin_edges(finite, bins=40) if finite.size else np.linspace(0, 1, 41)
+    frames = [pd.DataFrame({"run": label, "anomaly_score": np.round(edges[:-1], _DIGITS),
+                            "share": np.round(np.histogram(values, bins=edges)[0] / max(len(values), 1), _DIGITS)})
+              for label, values in scores.items()]
+    chart = alt.Chart(pd.concat(frames, ignore_index=True)).mark_line(interpolate="step-after").encode(
+        x=alt.X("anomaly_score:Q", title="anomaly score (each run against its own windows)"),
+        y=alt.Y("share:Q", title="share of the run's windows", axis=alt.Axis(format="%")),
+        color=alt.Color("run:N", title=None, scale=_runs(diff)),
+        tooltip=["run", alt.Tooltip("anomaly_score:Q", title="score from", format=".3f"),
+                 alt.Tooltip("share:Q", title="share of windows", format=".1%")],
     ).properties(width=_WIDTH, height=180, title="Anomaly scores, A and B")
-    return Figure("anomaly-shift", "Distribution of each run's window scores: a B curve shifted right or with a "
-                  "heavier tail means B finds more of the windows unusual.", chart)
+    return Figure("anomaly-shift", "Share of each run's windows at each anomaly score: a B curve shifted right or "
+                  "with a heavier tail means B finds more of its windows unusual.", chart)
 
 
 def diff_figures(diff: RunDiff) -> list[Figure]:

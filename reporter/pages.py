@@ -7,6 +7,8 @@ site's top, so the site works from file:// and from any sub-folder of a docs ser
 
 from __future__ import annotations
 
+import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from reporter import charts
 from reporter.anomaly import explain_window, flag_threshold, typical_from_timestep_stats
 from reporter.expose import Layer
 from reporter.impulse import impulse_summary
+from reporter.numbers import number
 from reporter.runstore import Run, slug
 from reporter.stats import gate_family, gate_order
 
@@ -102,7 +105,7 @@ def unit_table(run: Run, layer: Layer) -> list[dict]:
         keep = _KEEP_GATE.get(layer.kind)
         half_life = float(by_gate.loc[keep, "half_life"]) if keep in by_gate.index else float("nan")
         if steps and half_life > steps:
-            flags.append(f"integrator: memory half-life {half_life:.0f} steps, longer than the window")
+            flags.append(f"integrator: memory half-life {number(half_life, '%.0f')} steps, longer than the window")
         rows.append({"direction": int(direction), "unit": int(unit), "half_life": half_life, "flags": flags,
                      "gates": {gate: {"mean": float(by_gate.loc[gate, "mean"]), "std": float(by_gate.loc[gate, "std"]),
                                       "frac_low": float(by_gate.loc[gate, "frac_low"]),
@@ -116,13 +119,16 @@ def _figures(*figures) -> list[dict]:
     return [{"id": figure.key, "caption": figure.caption, "spec": figure.spec()} for figure in figures if figure]
 
 
-def _run_figures(view: RunView) -> list[dict]:
+def _run_figures(view: RunView) -> dict[str, list[dict]]:
+    """The run page's figures by section: a chart a run cannot have (no sigmoid gate in a plain
+    RNN, no impulse table) leaves its section shorter instead of shifting the others."""
     run = view.run
     thresholds = tuple(run.meta.get("thresholds", {}).get("sigmoid", (0.1, 0.9)))
-    return _figures(charts.saturation_chart(run.gate_stats, run.layers, thresholds),
-                    charts.distribution_chart(run.gate_stats), charts.horizon_chart(run.gate_stats),
-                    charts.impulse_chart(run.impulse), charts.trajectory_chart(run.timestep_stats),
-                    charts.anomaly_chart(run.window_scores, view.threshold))
+    return {"saturation": _figures(charts.saturation_chart(run.gate_stats, run.layers, thresholds),
+                                   charts.distribution_chart(run.gate_stats)),
+            "memory": _figures(charts.horizon_chart(run.gate_stats), charts.impulse_chart(run.impulse)),
+            "along": _figures(charts.trajectory_chart(run.timestep_stats)),
+            "anomaly": _figures(charts.anomaly_chart(run.window_scores, view.threshold))}
 
 
 def _top_windows(view: RunView) -> list[dict]:
@@ -148,18 +154,26 @@ def _baseline_pairs(runs: list[tuple[Run, str | None]]) -> dict[str, Run]:
             if baseline is not None and (run.meta["model"], baseline) in by_name}
 
 
+def _unique(candidates: list[tuple[str, str]]) -> list[str]:
+    """File names from (readable name, identity) pairs: a readable name that two identities share
+    ("a-b" + "c" and "a" + "b-c" both read "a-b-c") gets a hash of each identity appended."""
+    counts = Counter(name for name, _ in candidates)
+    return [name if counts[name] == 1 else f"{name}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
+            for name, identity in candidates]
+
+
 def render_all(env: jinja2.Environment, staging: Path, runs: list[tuple[Run, str | None]], title: str, built: str,
                assets: dict[str, str], thresholds: dict[str, float]) -> int:
     """Render the index, every diff against a baseline, and every run's run, window and layer pages."""
     from reporter.diff import diff_runs
 
     baselines = _baseline_pairs(runs)
-    views = []
-    for run, baseline in runs:
-        name = slug(f"{run.meta['model']}-{run.meta['version']}")
-        diff_page = f"diffs/{slug(run.meta['model'])}-{slug(baseline)}-vs-{slug(run.meta['version'])}.html" \
-            if run.name in baselines else None
-        views.append(RunView(run, name, baseline, diff_page))
+    names = _unique([(slug(f"{run.meta['model']}-{run.meta['version']}"), f"{run.meta['model']}\0{run.meta['version']}")
+                     for run, _ in runs])
+    diff_pages = _unique([(f"{slug(run.meta['model'])}-{slug(baseline or '')}-vs-{slug(run.meta['version'])}",
+                           f"{run.meta['model']}\0{baseline}\0{run.meta['version']}") for run, baseline in runs])
+    views = [RunView(run, name, baseline, f"diffs/{page}.html" if run.name in baselines else None)
+             for (run, baseline), name, page in zip(runs, names, diff_pages)]
     common = {"site_title": title, "built": built, "assets": assets}
     _write(env, "index.html", staging / "index.html", root="", views=views, **common)
     count = 1

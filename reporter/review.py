@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 import markupsafe
 
@@ -22,6 +23,7 @@ from reporter.atomic import staging_dir, write_text_atomic
 from reporter.diff import RunDiff, check
 from reporter.diff_charts import diff_figures
 from reporter.errors import OutputError
+from reporter.numbers import number
 from reporter.site import ASSETS, build_time, environment, write_assets
 
 __all__ = ["SINGLE_FILE_BUDGET", "md_text", "write_diff_dir", "write_markdown", "write_single_file"]
@@ -34,6 +36,7 @@ def md_text(value) -> str:
     """Text safe inside markdown (and the HTML a markdown renderer emits): nothing becomes markup."""
     text = " ".join(str(value).split())  # no line breaks: a name cannot start a new block
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
+    text = text.replace("@", "@\u200b")  # a zero-width space: "@org/team" in a name notifies no one in a PR
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
@@ -72,10 +75,6 @@ def write_single_file(diff: RunDiff, path: Path, thresholds: dict[str, float], t
     return size
 
 
-def _number(value, digits: int = 4) -> str:
-    return "not comparable" if value is None else f"{value:.{digits}f}"
-
-
 def _markdown(diff: RunDiff, thresholds: dict[str, float], charts: dict[str, str]) -> str:
     verdicts = check(diff, thresholds)
     breached = [v for v in verdicts if not v.passed]
@@ -83,27 +82,29 @@ def _markdown(diff: RunDiff, thresholds: dict[str, float], charts: dict[str, str
              "| check | B − A | threshold | verdict |", "| --- | ---: | ---: | --- |"]
     for verdict in verdicts:
         mark = "n/a" if verdict.value is None else ("✅ holds" if verdict.passed else "❌ breached")
-        lines.append(f"| `{verdict.key}` | {_number(verdict.value)} | {verdict.limit:g} | {mark} |")
+        lines.append(f"| `{verdict.key}` | {number(verdict.value, '%.4f')} | {verdict.limit:g} | {mark} |")
     lines += ["", f"**{len(breached)} of {len(verdicts)} checks breached.**" if breached else "**All checks hold.**", "",
               "### What changed", ""]
     for row in diff.horizon.to_dict("records"):
         lines.append(f"- Memory of {md_text(row['layer'])}: median {row['gate']}-gate half-life "
-                     f"{row['half_life_a']:.2f} → {row['half_life_b']:.2f} steps ({row['delta']:+.2f}).")
+                     f"{number(row['half_life_a'])} → {number(row['half_life_b'])} steps ({number(row['delta'], '%+.2f')}).")
     if not diff.gates.empty:
         top = diff.gates.loc[diff.gates["wasserstein"].idxmax()]
         lines.append(f"- Largest distribution shift: {md_text(top['layer'])} gate {top['gate']} "
-                     f"(Wasserstein-1 {top['wasserstein']:.4f}, mean {top['mean_a']:.3f} → {top['mean_b']:.3f}).")
+                     f"(Wasserstein-1 {number(top['wasserstein'], '%.4f')}, mean {number(top['mean_a'], '%.3f')} → "
+                     f"{number(top['mean_b'], '%.3f')}).")
     for row in diff.cka.to_dict("records"):
-        lines.append(f"- Representation of {md_text(row['layer'])}: linear CKA {row['cka']:.3f} over "
+        lines.append(f"- Representation of {md_text(row['layer'])}: linear CKA {number(row['cka'], '%.3f')} over "
                      f"{row['windows']} shared windows.")
     lines.append(f"- Windows flagged anomalous: {100 * diff.anomaly['rate_a']:.1f}% → {100 * diff.anomaly['rate_b']:.1f}%.")
     for row in diff.outputs.to_dict("records"):
-        lines.append(f"- Output {md_text(row['output'])} (last step): drift {100 * row['relative_drift']:.1f}% "
-                     f"of its RMS, max |B − A| {row['max_abs_difference']:.4f}.")
+        lines.append(f"- Output {md_text(row['output'])} (last step): drift "
+                     f"{number(100 * row['relative_drift'], '%.1f%%', inf='∞ (A is all zero)')} of its RMS, "
+                     f"max |B − A| {number(row['max_abs_difference'], '%.4f')}.")
     lines += [f"- {md_text(note)}" for note in diff.notes]
     lines.append("")
     for name, (title, caption) in charts.items():
-        lines += [f"![{md_text(title)}]({name})", "", f"*{md_text(caption)}*", ""]
+        lines += [f"![{md_text(title)}]({quote(name)})", "", f"*{md_text(caption)}*", ""]  # "my diff-charts/…" too
     return "\n".join(lines)
 
 

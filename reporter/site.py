@@ -29,6 +29,7 @@ import jinja2
 from reporter import pages
 from reporter.atomic import check_output_dir, staging_dir
 from reporter.errors import OutputError
+from reporter.numbers import number
 from reporter.runstore import Run
 
 __all__ = ["ASSETS", "TEMPLATES", "build_site", "environment", "write_assets"]
@@ -39,9 +40,11 @@ _KEPT = ("README.md", "run-page.png")  # the output folder's own files, in git: 
 
 
 def environment() -> jinja2.Environment:
-    """The one Jinja environment: autoescape on, undefined names are errors."""
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    """The one Jinja environment: autoescape on, undefined names are errors, `num` formats numbers."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = number  # NaN and ∞ in words, not "nan"/"inf"
+    return env
 
 
 def build_time() -> str:
