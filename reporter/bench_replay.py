@@ -110,7 +110,8 @@ def child(count: int, batch_size: int, provider: str = "cpu", workers: int | Non
         run.save(Path(folder) / "run")
         total = time.perf_counter() - start
         fused = _fused_throughput(model.fused, source, batch_size, run.meta["workers"], provider)
-    return {"windows": count, "provider": provider, "workers": run.meta["workers"], "replay_wps": run.meta["windows_per_second"], "fused_wps": fused, "total_s": total,
+    return {"windows": count, "provider": provider, "workers": run.meta["workers"],
+            "replay_wps": run.meta["windows_per_second"], "fused_wps": fused, "total_s": total,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -133,11 +134,11 @@ def bench_replay(sizes=(5000, 50000), batch_size: int = 256, say=print, provider
 def format_replay(rows: list[ReplayBench]) -> str:
     """A plain-text table; per provider the peak-memory ratio largest ÷ smallest run, and with
     several providers each one's replay speed against the first's."""
-    lines = [f"{'provider':>8} {'workers':>7} {'windows':>8} {'replay win/s':>13} {'fused win/s':>12} {'fused/replay':>13} "
-             f"{'whole run s':>12} {'peak RSS MB':>12}"]
+    lines = [f"{'provider':>8} {'workers':>7} {'windows':>8} {'replay win/s':>13} {'fused win/s':>12} "
+             f"{'fused/replay':>13} {'whole run s':>12} {'peak RSS MB':>12}"]
     for r in rows:
-        lines.append(f"{r.provider:>8} {r.workers:>7} {r.windows:>8} {r.replay_wps:>13.0f} {r.fused_wps:>12.0f} {r.cost:>12.2f}× "
-                     f"{r.total_s:>12.1f} {r.peak_rss_mb:>12.0f}")
+        lines.append(f"{r.provider:>8} {r.workers:>7} {r.windows:>8} {r.replay_wps:>13.0f} {r.fused_wps:>12.0f} "
+                     f"{r.cost:>12.2f}× {r.total_s:>12.1f} {r.peak_rss_mb:>12.0f}")
     providers = list(dict.fromkeys(r.provider for r in rows))
     for provider in providers:
         mine = [r for r in rows if r.provider == provider]
@@ -145,12 +146,11 @@ def format_replay(rows: list[ReplayBench]) -> str:
             ratio = mine[-1].peak_rss_mb / mine[0].peak_rss_mb
             lines.append(f"{provider}: peak memory {mine[-1].windows} ÷ {mine[0].windows} windows: {ratio:.2f}× "
                          f"(goal ≤ 1.3: flat)")
-    for provider in providers[1:]:
-        for r in rows:
-            base = next((b for b in rows if b.provider == providers[0] and b.windows == r.windows), None)
-            if r.provider == provider and base is not None:
-                lines.append(f"{provider} ÷ {providers[0]} replay, {r.windows} windows: "
-                             f"{r.replay_wps / base.replay_wps:.2f}×")
+    first = {r.windows: r for r in rows if r.provider == providers[0]}
+    for r in rows:
+        if r.provider != providers[0] and r.windows in first:
+            lines.append(f"{r.provider} ÷ {providers[0]} replay, {r.windows} windows: "
+                         f"{r.replay_wps / first[r.windows].replay_wps:.2f}×")
     lines.append("replay: statistics and anomaly features per batch, one host thread per session (cpu: 1-thread "
                  "sessions; cuda: sessions fed through IO binding); fused: the unmodified model alone on the same "
                  "batches and sessions.")

@@ -63,16 +63,21 @@ def plan_shards(source: WindowSource, batch_size: int, workers: int) -> list[tup
     return [(start, min(start + step, total)) for start in range(0, total, step)]
 
 
+def _identity(source) -> dict:
+    """What a worker compares to be sure it opened the client's windows file: shape and size."""
+    return {"shape": list(source.shape), "size": source.path.stat().st_size}
+
+
 def replay_shard(model: bytes, layers: str, stats: StatsConfig, recipe: dict, skipped: np.ndarray, start: int,
                  stop: int, batch_size: int) -> ReplayResult:
     """On a worker: reopen the windows file (no rescan) and replay one shard on one CPU thread."""
     source = open_windows_source(recipe["path"], key=recipe.get("key", "x"), window=recipe.get("window"),
                                  stride=recipe.get("stride"), columns=recipe.get("columns"),
                                  nan=recipe.get("nan", "error"), skipped=skipped)
-    if list(source.shape) != recipe.get("shape", list(source.shape)) or source.path.stat().st_size != recipe.get(
-            "size", source.path.stat().st_size):
+    here = _identity(source)
+    if here != recipe.get("identity", here):
         raise WindowsError_(f"{recipe['path']}: on this worker the file differs from the client's (shape "
-                            f"{list(source.shape)}, {source.path.stat().st_size} bytes): is it the same file?")
+                            f"{here['shape']}, {here['size']} bytes): is it the same file?")
     key = hashlib.sha256(model + layers.encode() + repr(stats).encode()).hexdigest()
     if key not in _REPLAYERS:  # a session takes a moment to build: once per worker, not once per shard
         _REPLAYERS.clear()
@@ -96,7 +101,7 @@ def replay_on_dask(address: str, exposed: onnx.ModelProto, layers: list[Layer], 
             f"({client.scheduler.address})")
         model = client.scatter(exposed.SerializeToString(), broadcast=True, hash=False)  # a key of its own per replay
         start = time.perf_counter()
-        recipe = {**source.recipe, "shape": list(source.shape), "size": source.path.stat().st_size}
+        recipe = {**source.recipe, "identity": _identity(source)}
         futures = {client.submit(replay_shard, model, layers_to_json(layers), stats, recipe, source.skipped,
                                  lo, hi, batch_size, pure=False, key=f"gate-report-shard-{k}-{lo}-{hi}"): k
                    for k, (lo, hi) in enumerate(shards)}

@@ -55,8 +55,8 @@ def _curves(base: dict[str, np.ndarray], pushed: dict[str, np.ndarray], layers: 
                 by_step = _rms_by_step(difference[:, :, d])
                 lags = by_step[step:] if direction == "forward" else by_step[: step + 1][::-1]
                 curves.append((f"{layer.name}/{gate}", kind, direction, lags))
+    batch = base[next(iter(layers[0].outputs.values()))].shape[0]
     for name in output_names:
-        batch = base[next(iter(layers[0].outputs.values()))].shape[0]
         if base[name].ndim >= 2 and base[name].shape[:2] == (batch, steps):  # batch-major, with a time axis
             curves.append((f"output:{name}", "output", "forward", _rms_by_step(pushed[name] - base[name])[step:]))
     return curves

@@ -170,10 +170,12 @@ def render_all(env: jinja2.Environment, staging: Path, runs: list[tuple[Run, str
     baselines = _baseline_pairs(runs)
     names = _unique([(slug(f"{run.meta['model']}-{run.meta['version']}"), f"{run.meta['model']}\0{run.meta['version']}")
                      for run, _ in runs])
-    diff_pages = _unique([(f"{slug(run.meta['model'])}-{slug(baseline or '')}-vs-{slug(run.meta['version'])}",
-                           f"{run.meta['model']}\0{baseline}\0{run.meta['version']}") for run, baseline in runs])
-    views = [RunView(run, name, baseline, f"diffs/{page}.html" if run.name in baselines else None)
-             for (run, baseline), name, page in zip(runs, names, diff_pages)]
+    compared = [(run, baseline) for run, baseline in runs if run.name in baselines]
+    diff_pages = dict(zip((run.name for run, _ in compared), _unique([
+        (f"{slug(run.meta['model'])}-{slug(baseline)}-vs-{slug(run.meta['version'])}",
+         f"{run.meta['model']}\0{baseline}\0{run.meta['version']}") for run, baseline in compared])))
+    views = [RunView(run, name, baseline, f"diffs/{diff_pages[run.name]}.html" if run.name in diff_pages else None)
+             for (run, baseline), name in zip(runs, names)]
     common = {"site_title": title, "built": built, "assets": assets}
     _write(env, "index.html", staging / "index.html", root="", views=views, **common)
     count = 1

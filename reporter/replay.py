@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 import threading
@@ -81,6 +82,7 @@ def choose_provider(requested: str) -> tuple[str, str]:
     return "cpu", "provider: cpu (auto: no CUDA provider in this onnxruntime; install gate-reporter[gpu] for GPUs)"
 
 
+@functools.cache  # once per process, however many sessions open
 def _preload_cuda_libraries() -> None:
     """Load the CUDA/cuDNN libraries that pip's nvidia-* packages installed (onnxruntime-gpu ≥ 1.21
     looks for them only there when asked; torch, when imported first, has loaded them already)."""

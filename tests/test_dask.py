@@ -115,3 +115,14 @@ def test_shards_are_whole_batches_covering_every_window(forecaster):
     assert all(stop == start for (_, stop), (start, _) in zip(shards, shards[1:]))
     assert all((stop - start) % 100 == 0 for start, stop in shards[:-1])
     assert Path(source.recipe["path"]) == source.path
+
+
+def test_a_worker_that_sees_another_file_at_the_same_path_refuses_it(forecaster):
+    from reporter.dask_replay import replay_shard
+    from reporter.expose import layers_to_json
+
+    model, source = forecaster
+    recipe = {**source.recipe, "identity": {"shape": list(source.shape), "size": source.path.stat().st_size + 1}}
+    with pytest.raises(ReporterError, match="differs from the client's"):
+        replay_shard(model.exposed.SerializeToString(), layers_to_json(model.layers), StatsConfig(), recipe,
+                     source.skipped, 0, BATCH, BATCH)
