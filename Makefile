@@ -10,7 +10,10 @@ STAMP  := $(VENV)/.installed-stamp
 site: $(STAMP)
 	$(VENV)/bin/gate-report build --config reporter.toml
 
+# Lint and format are checked first (ruff); the import contracts run inside pytest (tests/test_layout.py).
 test: $(STAMP) chromium
+	$(VENV)/bin/ruff check reporter tests sample_models
+	$(VENV)/bin/ruff format --check reporter tests sample_models
 	$(PYTHON) -m pytest
 
 # The browser test drives Debian's Chromium (Playwright's own browser download does not work here).

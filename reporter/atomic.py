@@ -27,14 +27,19 @@ def _probe(path: Path, folder: Path) -> None:
         raise OutputError(f"{path}: cannot write in {folder}: {exc.strerror or exc}") from None
 
 
-def check_output_file(path: Path) -> None:
-    """Refuse an output path that is a directory or whose folder cannot be written."""
-    if path.is_dir():
-        raise OutputError(f"{path}: is a directory, expected a file path")
+def _check_folder(path: Path) -> None:
+    """Refuse an output whose folder is missing or cannot be written."""
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{path}: folder {folder} does not exist")
     _probe(path, folder)
+
+
+def check_output_file(path: Path) -> None:
+    """Refuse an output path that is a directory or whose folder cannot be written."""
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory, expected a file path")
+    _check_folder(path)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -69,10 +74,7 @@ def check_output_dir(path: Path) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: exists and is not a folder")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{path}: folder {parent} does not exist")
-    _probe(path, parent)
+    _check_folder(path)
 
 
 def _swap_in(built: Path, output: Path) -> None:

@@ -23,6 +23,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reporter.compare.thresholds import parse_thresholds
 from reporter.errors import ConfigError
 
 __all__ = ["RunConfig", "SiteConfig", "load_config"]
@@ -54,7 +55,7 @@ class SiteConfig:
     title: str
     output: Path
     runs: tuple[RunConfig, ...]
-    thresholds: dict = field(default_factory=dict)  # [check], over `reporter.diff.DEFAULT_THRESHOLDS`
+    thresholds: dict = field(default_factory=dict)  # [check], over `reporter.compare.thresholds.DEFAULT_THRESHOLDS`
 
 
 def _check_keys(path: Path, where: str, table: dict, allowed: set[str]) -> None:
@@ -91,10 +92,14 @@ def _run(path: Path, index: int, table: dict) -> RunConfig:
         raise ConfigError(f"{path}: {where}.trust_pickle must be true or false")
     base = path.parent
     return RunConfig(
-        model=values["model"], version=values["version"],
-        checkpoint=base / values["checkpoint"], windows=base / values["windows"],
-        factory=_string(path, where, table, "factory"), factory_kwargs=kwargs,
-        baseline=_string(path, where, table, "baseline"), trust_pickle=trust,
+        model=values["model"],
+        version=values["version"],
+        checkpoint=base / values["checkpoint"],
+        windows=base / values["windows"],
+        factory=_string(path, where, table, "factory"),
+        factory_kwargs=kwargs,
+        baseline=_string(path, where, table, "baseline"),
+        trust_pickle=trust,
     )
 
 
@@ -126,7 +131,10 @@ def load_config(path: Path) -> SiteConfig:
     versions = {(run.model, run.version) for run in parsed}
     for run in parsed:
         if run.baseline is not None and (run.model, run.baseline) not in versions:
-            raise ConfigError(f"{path}: run {run.model} {run.version} has baseline {run.baseline!r}, which is not a version of {run.model!r} here")
+            raise ConfigError(
+                f"{path}: run {run.model} {run.version} has baseline {run.baseline!r}, "
+                f"which is not a version of {run.model!r} here"
+            )
     title = _string(path, "[site]", site, "title") or "Gate Reporter"
     output = path.parent / (_string(path, "[site]", site, "output") or "site")
     return SiteConfig(path=path, title=title, output=output, runs=parsed, thresholds=_thresholds(path, data))
@@ -139,6 +147,4 @@ def _thresholds(path: Path, data: dict) -> dict:
         return {}
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [check] must be a table")
-    from reporter.diff import parse_thresholds
-
     return parse_thresholds(table, where=f"{path}: [check]")

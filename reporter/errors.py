@@ -4,7 +4,7 @@
      ├── CheckpointError          a checkpoint cannot be read, or does not fit its factory
      ├── ExportError              a torch module cannot be exported to ONNX
      ├── ModelError               an ONNX model that gate exposure cannot honour
-     ├── WindowsError_            stored input windows that are unreadable or do not fit the model
+     ├── WindowsFileError         stored input windows that are unreadable or do not fit the model
      ├── ConfigError              reporter.toml is malformed or names something unknown
      ├── RunError                 a run directory is missing, incomplete, corrupt or too new
      └── OutputError              an output path that cannot be written
@@ -20,7 +20,7 @@ __all__ = [
     "CheckpointError",
     "ExportError",
     "ModelError",
-    "WindowsError_",
+    "WindowsFileError",
     "ConfigError",
     "RunError",
     "OutputError",
@@ -43,7 +43,7 @@ class ModelError(ReporterError):
     """An ONNX model holds something gate exposure cannot honour."""
 
 
-class WindowsError_(ReporterError):
+class WindowsFileError(ReporterError):
     """Stored input windows are unreadable or do not fit the model."""
 
 

@@ -2,12 +2,12 @@
 
     RUN_DIR/
       run.json               schema_version, identity, provenance hashes, settings, throughput
-      layers.json            the layer manifest (`reporter.expose.layers_to_json`)
-      gate_stats.parquet     one row per layer × direction × gate × unit (`reporter.stats`)
+      layers.json            the layer manifest (`reporter.layers.layers_to_json`)
+      gate_stats.parquet     one row per layer × direction × gate × unit (`reporter.replay.stats`)
       timestep_stats.parquet one row per layer × gate × timestep
       window_scores.parquet  one row per window: window, anomaly_score, rank, the features behind it
-      explanations.parquet   for the most anomalous windows: which layer, gate and steps drove it
-      impulse.parquet        impulse-response curves (`reporter.impulse`)
+      explanations.parquet   per sampled window: where each layer × gate strays from the typical window
+      impulse.parquet        impulse-response curves (`reporter.replay.impulse`)
       traces.npz             full traces of the sampled windows: `window`, `reason`, `x`,
                              `LAYER/GATE` [K, T, D, H] and `output:NAME`
       outputs.npz            each model output's last step, per window (for output drift in diffs)
@@ -20,10 +20,8 @@ byte-identical.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,17 +33,21 @@ import pyarrow.parquet as pq
 
 from reporter.atomic import staging_dir
 from reporter.errors import RunError
-from reporter.expose import Layer, layers_from_json, layers_to_json
-from reporter.stats import GATE_STATS_COLUMNS, TIMESTEP_STATS_COLUMNS
+from reporter.layers import Layer, layers_from_json, layers_to_json
+from reporter.replay.stats import GATE_STATS_COLUMNS, TIMESTEP_STATS_COLUMNS
 
-__all__ = ["Run", "SCHEMA_VERSION", "TABLES", "ARRAYS", "slug"]
+__all__ = ["ARRAYS", "Run", "SCHEMA_VERSION", "TABLES"]
 
 SCHEMA_VERSION = 1
 TABLES = ("gate_stats", "timestep_stats", "window_scores", "explanations", "impulse")
 ARRAYS = ("traces", "outputs")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-_REQUIRED_COLUMNS = {"gate_stats": GATE_STATS_COLUMNS, "timestep_stats": TIMESTEP_STATS_COLUMNS,
-                     "window_scores": ("window", "anomaly_score", "rank"), "impulse": ("target", "lag", "response")}  # the earliest date a zip entry can hold: no build time leaks in
+_REQUIRED_COLUMNS = {
+    "gate_stats": GATE_STATS_COLUMNS,
+    "timestep_stats": TIMESTEP_STATS_COLUMNS,
+    "window_scores": ("window", "anomaly_score", "rank"),
+    "impulse": ("target", "lag", "response"),
+}  # the earliest date a zip entry can hold: no build time leaks in
 
 
 @dataclass
@@ -65,7 +67,7 @@ class Run:
 
     @property
     def name(self) -> str:
-        """"model version", how pages and messages name the run."""
+        """ "model version", how pages and messages name the run."""
         return f"{self.meta['model']} {self.meta['version']}"
 
     def save(self, path: Path) -> Path:
@@ -90,9 +92,8 @@ class Run:
         meta = _read_meta(path / "run.json")
         try:
             layers = layers_from_json((path / "layers.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError) as exc:
             raise RunError(f"{path / 'layers.json'}: unreadable layer manifest ({exc})") from None
-        _check_layers(path / "layers.json", layers)
         tables = {table: _read_parquet(path / f"{table}.parquet") for table in TABLES}
         for table, required in _REQUIRED_COLUMNS.items():
             missing = [column for column in required if column not in tables[table].columns]
@@ -102,26 +103,6 @@ class Run:
             raise RunError(f"{path / 'window_scores.parquet'}: window, anomaly_score and rank must be numbers")
         arrays = {name: _read_npz(path / f"{name}.npz") for name in ARRAYS}
         return cls(meta, layers, **tables, **arrays, path=path)
-
-
-def _check_layers(path: Path, layers: list) -> None:
-    """Refuse a manifest whose entries are not what `expose` writes."""
-    for layer in layers:
-        ok = (isinstance(layer.name, str) and layer.name and layer.kind in ("LSTM", "GRU", "RNN")
-              and layer.directions in (1, 2) and isinstance(layer.hidden_size, int) and layer.hidden_size > 0
-              and isinstance(layer.outputs, dict) and layer.outputs
-              and all(isinstance(k, str) and isinstance(v, str) for k, v in layer.outputs.items())
-              and isinstance(layer.activations, dict) and isinstance(layer.direction, str))
-        if not ok:
-            raise RunError(f"{path}: a layer entry is malformed ({str(layer)[:120]})")
-
-
-def slug(text: str) -> str:
-    """A file-name-safe form of a name: letters, digits, '.', '_' and '-' kept, the rest '_', ≤ 60 chars."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", text).strip("._") or "_"
-    if cleaned != text or len(cleaned) > 60:  # distinct names never share a slug
-        cleaned = f"{cleaned[:50]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-    return cleaned
 
 
 def _json(value: dict) -> str:
@@ -138,8 +119,10 @@ def _read_meta(path: Path) -> dict:
     if not isinstance(meta, dict) or not isinstance(meta.get("schema_version"), int):
         raise RunError(f"{path}: no schema_version; not a Gate Reporter run")
     if meta["schema_version"] > SCHEMA_VERSION:
-        raise RunError(f"{path}: schema_version {meta['schema_version']} is newer than this Gate Reporter reads "
-                       f"({SCHEMA_VERSION}); upgrade gate-reporter")
+        raise RunError(
+            f"{path}: schema_version {meta['schema_version']} is newer than this Gate Reporter reads "
+            f"({SCHEMA_VERSION}); upgrade gate-reporter"
+        )
     missing = [key for key in ("model", "version", "n_windows") if key not in meta]
     if missing:
         raise RunError(f"{path}: missing {', '.join(missing)}")
@@ -161,7 +144,9 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     try:
         return pq.read_table(path).to_pandas()
     except Exception as exc:  # noqa: BLE001 - a damaged file makes the parser raise anything; report it, never crash
-        raise RunError(f"{path}: unreadable table ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise RunError(
+            f"{path}: unreadable table ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
 
 
 def _write_npz(arrays: dict[str, np.ndarray], path: Path) -> None:
@@ -182,4 +167,6 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         with open(path, "rb") as file, np.load(file, allow_pickle=False) as archive:  # our handle: closed on any error
             return {name: archive[name] for name in archive.files}
     except Exception as exc:  # noqa: BLE001 - zlib, zipfile and numpy raise many types on damaged files
-        raise RunError(f"{path}: unreadable arrays ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise RunError(
+            f"{path}: unreadable arrays ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None

@@ -17,8 +17,8 @@ to input time, and `Y`, `Y_h`, `Y_c` are in the node's own layout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

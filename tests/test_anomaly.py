@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from reporter.anomaly import explain_window, feature_names, input_space_scores, score_windows, window_features
-from reporter.expose import Layer
-from reporter.model_source import exposed_model_from_checkpoint
-from reporter.replay import Replayer
-from reporter.windows import open_windows_source
+from reporter.layers import Layer
+from reporter.pipeline.model_source import ModelRecipe, exposed_model
+from reporter.replay.anomaly import explain_window, feature_names, score_windows, window_features
+from reporter.replay.runner import Replayer
+from reporter.replay.windows import open_windows_source
 
 ROOT = Path(__file__).resolve().parent.parent
 GRU = Layer("enc", "GRU", 2, 3, {"z": "enc/z", "n": "enc/n"}, direction="bidirectional")
@@ -37,14 +37,18 @@ def test_features_match_their_definitions_window_by_window():
             v = gates["enc"][gate][b].reshape(6, 6).astype(np.float64)  # [T, D*H]
             low, high = (0.1, 0.9) if gate == "z" else (-0.9, 0.9)
             expected = {
-                "mean": v.mean(), "std": v.std(), "frac_low": (v < low).mean(), "frac_high": (v > high).mean(),
+                "mean": v.mean(),
+                "std": v.std(),
+                "frac_low": (v < low).mean(),
+                "frac_high": (v > high).mean(),
                 "step_change": np.abs(np.diff(v, axis=0)).mean(),
                 "peak_change": np.mean([np.abs(np.diff(v[:, u])).max() for u in range(6)]),
                 "drift": v.mean(axis=1).std(),
             }
             if gate == "n":
-                expected["zero_crossings"] = np.mean([np.sign(v[t + 1, u]) != np.sign(v[t, u])
-                                                      for t in range(5) for u in range(6)])
+                expected["zero_crossings"] = np.mean(
+                    [np.sign(v[t + 1, u]) != np.sign(v[t, u]) for t in range(5) for u in range(6)]
+                )
             for name, value in expected.items():
                 assert features.loc[b, f"enc/{gate}/{name}"] == pytest.approx(value, abs=1e-5), (b, gate, name)
 
@@ -81,8 +85,12 @@ def test_reference_scoring_flags_what_the_reference_never_showed():
 def test_explanation_points_at_the_disturbed_gate_and_step():
     rng = np.random.default_rng(5)
     base = 0.5 + 0.05 * rng.standard_normal((40, 10, 1, 4))
-    typical = {"l": {"f": (base.mean(axis=(0, 2, 3)), base.std(axis=(0, 2, 3))),
-                     "i": (base.mean(axis=(0, 2, 3)), base.std(axis=(0, 2, 3)))}}
+    typical = {
+        "l": {
+            "f": (base.mean(axis=(0, 2, 3)), base.std(axis=(0, 2, 3))),
+            "i": (base.mean(axis=(0, 2, 3)), base.std(axis=(0, 2, 3))),
+        }
+    }
     window = {"l": {"f": base[0].copy(), "i": base[1].copy()}}
     window["l"]["f"][7] += 0.4
     explained = explain_window(window, typical)
@@ -92,11 +100,19 @@ def test_explanation_points_at_the_disturbed_gate_and_step():
     assert len(explained) == 2 * 10
 
 
+def input_space_scores(windows: np.ndarray) -> np.ndarray:
+    """A plain input-space detector to compare with: the same scoring on the raw window values."""
+    flat = windows.reshape(len(windows), -1)
+    features = pd.DataFrame(flat, columns=[f"x{k}" for k in range(flat.shape[1])])
+    return score_windows(features.assign(window=np.arange(len(windows))))["anomaly_score"].to_numpy()
+
+
 def test_forecaster_anomalies_are_found_from_gates_better_than_from_raw_inputs():
     windows = ROOT / "sample_models/forecaster/windows.npz"
     source = open_windows_source(windows)
-    model = exposed_model_from_checkpoint(ROOT / "sample_models/forecaster/v1.pt", "sample_models.forecaster.model:build",
-                                          {}, False, windows)
+    model = exposed_model(
+        ModelRecipe(ROOT / "sample_models/forecaster/v1.pt", "sample_models.forecaster.model:build"), source
+    )
     result = Replayer(model.exposed, model.layers, "cpu").replay(source, batch_size=500, progress=False)
     labels = np.load(windows)["label"]
     gate_auroc = roc_auc_score(labels, score_windows(result.features)["anomaly_score"])

@@ -51,9 +51,12 @@ def _corpus(p: Path) -> None:
     np.savez(p / "keys.npz", inputs=x, labels=np.zeros(6))
     torch.save(tiny_charlm().state_dict(), p / "charlm.pt")
     np.save(p / "tokens.npy", np.array([[1, 2, 3, 25], [0, 1, 2, 3]], dtype=np.int64))
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "plain",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t", 3])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "plain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t", 3])],
+    )
     onnx.save(helper.make_model(graph), p / "plain.onnx")
     (p / "syntax.toml").write_text(TOML.replace('version = "v1"', 'version = "v1'))
     (p / "unknown.toml").write_text(TOML.replace("windows =", "windwos ="))
@@ -61,9 +64,22 @@ def _corpus(p: Path) -> None:
     (p / "a_file").write_text("not a folder")
 
 
-def replay(p: Path, checkpoint: str = "tiny.pt", windows: str = "windows.npz", output: str = "out", *extra) -> list[str]:
-    return ["replay", str(p / checkpoint), "--factory", FACTORY, "--windows", str(p / windows), "-o", str(p / output),
-            "--provider", "cpu", *extra]
+def replay(
+    p: Path, checkpoint: str = "tiny.pt", windows: str = "windows.npz", output: str = "out", *extra
+) -> list[str]:
+    return [
+        "replay",
+        str(p / checkpoint),
+        "--factory",
+        FACTORY,
+        "--windows",
+        str(p / windows),
+        "-o",
+        str(p / output),
+        "--provider",
+        "cpu",
+        *extra,
+    ]
 
 
 CASES = {
@@ -71,26 +87,61 @@ CASES = {
     "truncated checkpoint": (lambda p: replay(p, "truncated.pt"), "truncated.pt"),
     "random-bytes checkpoint": (lambda p: replay(p, "random.pt"), "random.pt"),
     "state_dict that does not fit": (lambda p: replay(p, "misfit.pt"), "misfit.pt"),
-    "factory that does not import": (lambda p: ["replay", str(p / "tiny.pt"), "--factory", "no_such_pkg.models:build",
-                                                "--windows", str(p / "windows.npz"), "-o", str(p / "out")], "no_such_pkg"),
-    "wrong feature count": (lambda p: replay(p, windows="features.npy"), "features.npy: expected 3 features per step, got 5"),
+    "factory that does not import": (
+        lambda p: [
+            "replay",
+            str(p / "tiny.pt"),
+            "--factory",
+            "no_such_pkg.models:build",
+            "--windows",
+            str(p / "windows.npz"),
+            "-o",
+            str(p / "out"),
+        ],
+        "no_such_pkg",
+    ),
+    "wrong feature count": (
+        lambda p: replay(p, windows="features.npy"),
+        "features.npy: expected 3 features per step, got 5",
+    ),
     "wrong rank": (lambda p: replay(p, windows="rank.npy"), "rank.npy: float windows must be [N, T, F]"),
     "wrong dtype": (lambda p: replay(p, windows="dtype.npy"), "dtype.npy: windows must be float or integer"),
-    "NaN": (lambda p: replay(p, windows="nan.npy"), "nan.npy: 1 of 6 windows hold NaN or Inf (windows 2; first at "
-                                                   "window 2, step 3, feature 1)"),
+    "NaN": (
+        lambda p: replay(p, windows="nan.npy"),
+        "nan.npy: 1 of 6 windows hold NaN or Inf (windows 2; first at window 2, step 3, feature 1)",
+    ),
     "zero windows": (lambda p: replay(p, windows="zero.npy"), "zero.npy: holds no windows"),
     "garbage npy": (lambda p: replay(p, windows="garbage.npy"), "garbage.npy: not a readable .npy file"),
-    "npz without the array": (lambda p: replay(p, windows="keys.npz"), "keys.npz: no array named 'x'; it has inputs, labels"),
+    "npz without the array": (
+        lambda p: replay(p, windows="keys.npz"),
+        "keys.npz: no array named 'x'; it has inputs, labels",
+    ),
     "token ids outside the embedding": (
-        lambda p: ["replay", str(p / "charlm.pt"), "--factory", "tests.tiny_models:tiny_charlm", "--windows",
-                   str(p / "tokens.npy"), "-o", str(p / "out")],
-        "tokens.npy: token ids must lie in [0, 19] (the embedding's rows), found ids from 0 to 25"),
-    "ONNX without a recurrent node": (lambda p: replay(p, "plain.onnx"), "plain.onnx: model 'plain' has no LSTM, GRU or RNN"),
+        lambda p: [
+            "replay",
+            str(p / "charlm.pt"),
+            "--factory",
+            "tests.tiny_models:tiny_charlm",
+            "--windows",
+            str(p / "tokens.npy"),
+            "-o",
+            str(p / "out"),
+        ],
+        "tokens.npy: token ids must lie in [0, 19] (the embedding's rows), found ids from 0 to 25",
+    ),
+    "ONNX without a recurrent node": (
+        lambda p: replay(p, "plain.onnx"),
+        "plain.onnx: model 'plain' has no LSTM, GRU or RNN",
+    ),
     "config syntax error": (lambda p: ["build", "--config", str(p / "syntax.toml")], "syntax.toml: TOML syntax error"),
-    "config unknown key": (lambda p: ["build", "--config", str(p / "unknown.toml")],
-                           "unknown.toml: unknown key 'windwos' in [[runs]] #1; did you mean 'windows'?"),
-    "two runs with one model and version": (lambda p: ["build", "--config", str(p / "twice.toml")],
-                                            "twice.toml: two runs are model 'tiny' version 'v1'"),
+    "config unknown key": (
+        lambda p: ["build", "--config", str(p / "unknown.toml")],
+        "unknown.toml: unknown key 'windwos' in [[runs]] #1; did you mean 'windows'?",
+    ),
+    "two runs with one model and version": (
+        lambda p: ["build", "--config", str(p / "twice.toml")],
+        "twice.toml: two runs are model 'tiny' version 'v1'",
+    ),
     "output that is an existing file": (lambda p: replay(p, output="a_file"), "a_file: exists and is not a folder"),
     "unwritable output folder": (lambda p: replay(p, output=str(_unwritable(p) / "out")), "cannot write in"),
 }
@@ -130,8 +181,9 @@ def test_a_subprocess_shows_no_traceback_and_debug_does(corpus):
     args = replay(corpus, windows="nan.npy")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     plain = subprocess.run([sys.executable, "-m", "reporter.cli", *args], capture_output=True, text=True, env=env)
-    debug = subprocess.run([sys.executable, "-m", "reporter.cli", "--debug", *args], capture_output=True, text=True,
-                           env=env)
+    debug = subprocess.run(
+        [sys.executable, "-m", "reporter.cli", "--debug", *args], capture_output=True, text=True, env=env
+    )
     assert plain.returncode == debug.returncode == 2
     assert plain.stderr.count("\n") == 1 and "Traceback" not in plain.stderr
     assert "Traceback" in debug.stderr and "nan.npy" in debug.stderr.splitlines()[-1]

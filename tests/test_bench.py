@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from reporter.bench import BenchRow, _export_for_bench, capture_gates_torch, format_rows, session, time_interleaved
-from reporter.expose import expose_gates
+from reporter.bench.expose_cost import (
+    BenchRow,
+    _export_for_bench,
+    capture_gates_torch,
+    format_rows,
+    session,
+    time_interleaved,
+)
+from reporter.model.expose import expose_gates
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
@@ -41,23 +48,30 @@ def test_table_reports_ratios_against_the_baseline():
 
 
 def test_replay_bench_windows_tile_the_stored_ones_and_the_table_reports_the_memory_ratio(tmp_path):
-    from reporter.bench_replay import WINDOWS, ReplayBench, format_replay, make_windows
+    from reporter.bench.replay_cost import WINDOWS, ReplayBench, format_replay, make_windows
 
     base = np.load(WINDOWS)["x"]
     made = np.load(make_windows(len(base) + 10, tmp_path / "w.npy"))
     assert made.shape == (len(base) + 10, *base.shape[1:])
-    assert np.abs(made[len(base):] - base[:10]).max() < 0.5 and not np.array_equal(made[:10], base[:10])
-    rows = [ReplayBench(5000, "cpu", 2, 1000.0, 8000.0, 5.0, 600.0), ReplayBench(50000, "cpu", 2, 1100.0, 8800.0, 40.0, 660.0)]
+    assert np.abs(made[len(base) :] - base[:10]).max() < 0.5 and not np.array_equal(made[:10], base[:10])
+    rows = [
+        ReplayBench(5000, "cpu", 2, 1000.0, 8000.0, 5.0, 600.0),
+        ReplayBench(50000, "cpu", 2, 1100.0, 8800.0, 40.0, 660.0),
+    ]
     table = format_replay(rows)
     assert rows[0].cost == pytest.approx(8.0) and "8.00×" in table
     assert "cpu: peak memory 50000 ÷ 5000 windows: 1.10×" in table and "cuda" not in table.split("\n")[-2]
 
 
 def test_replay_bench_table_compares_each_provider_with_the_first_at_the_same_size():
-    from reporter.bench_replay import ReplayBench, format_replay
+    from reporter.bench.replay_cost import ReplayBench, format_replay
 
-    rows = [ReplayBench(5000, "cpu", 2, 1000.0, 8000.0, 5.0, 600.0), ReplayBench(50000, "cpu", 2, 1100.0, 8800.0, 40.0, 660.0),
-            ReplayBench(5000, "cuda", 2, 3000.0, 9000.0, 2.0, 900.0), ReplayBench(50000, "cuda", 2, 4400.0, 9900.0, 12.0, 990.0)]
+    rows = [
+        ReplayBench(5000, "cpu", 2, 1000.0, 8000.0, 5.0, 600.0),
+        ReplayBench(50000, "cpu", 2, 1100.0, 8800.0, 40.0, 660.0),
+        ReplayBench(5000, "cuda", 2, 3000.0, 9000.0, 2.0, 900.0),
+        ReplayBench(50000, "cuda", 2, 4400.0, 9900.0, 12.0, 990.0),
+    ]
     table = format_replay(rows)
     assert "cuda ÷ cpu replay, 5000 windows: 3.00×" in table and "cuda ÷ cpu replay, 50000 windows: 4.00×" in table
     assert "cuda: peak memory 50000 ÷ 5000 windows: 1.10×" in table

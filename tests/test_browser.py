@@ -1,22 +1,23 @@
 """The sample site in a real browser: Debian's Chromium driven by Playwright, every page opened
 from file://. Every chart must have drawn marks (counted in its Vega scenegraph: a canvas alone
 proves nothing), with no console error or warning and no request leaving the site folder.
-Screenshots of the run pages (light and dark) and each page's draw time are kept in
-test-artifacts/ for a person to look at; times are reported, not asserted."""
+Screenshots of the run pages (light and dark) and each page's draw time are kept for a person to
+look at, in $GATE_REPORTER_ARTIFACTS when it is set, else in the session's temporary folder; times
+are reported, not asserted."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from reporter.config import load_config
-from reporter.build import build as build_site
+from reporter.pipeline.build import build as build_site
+from tests.conftest import SAMPLE_CONFIG
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 PAGE_BUDGET = 2 * 1024 * 1024  # bytes per page, besides the shared JavaScript
 
@@ -32,11 +33,19 @@ COUNT_MARKS = """() => window.__charts.views.map(view => {
 })"""
 
 
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> Path:
+    """Where screenshots and draw times go: $GATE_REPORTER_ARTIFACTS, or a temporary folder."""
+    folder = Path(os.environ.get("GATE_REPORTER_ARTIFACTS") or tmp_path_factory.mktemp("artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @pytest.fixture(scope="module")
-def sample_site(tmp_path_factory):
-    """The sample site, built from reporter.toml (replays cached under runs/, as `make site` does)."""
+def sample_site(tmp_path_factory, runs_cache, sample_runs):
+    """The sample site, built from reporter.toml with the session's replay cache."""
     site = tmp_path_factory.mktemp("browser") / "site"
-    return build_site(load_config(ROOT / "reporter.toml"), site, progress=lambda _: None)
+    return build_site(load_config(SAMPLE_CONFIG), site, progress=lambda _: None, cache=runs_cache)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +53,9 @@ def browser():
     playwright_api = pytest.importorskip("playwright.sync_api")
     assert CHROMIUM.exists(), "Chromium is missing: `make test` installs it with `apt-get install -y chromium`"
     with playwright_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
         yield launched
         launched.close()
 
@@ -65,12 +75,19 @@ class Tab:
         self.problems: list[str] = []
         self.outside: list[str] = []
         site_uri = site.resolve().as_uri() + "/"
-        self.page.on("console", lambda message: self.problems.append(f"{message.type}: {message.text}")
-                     if message.type in ("error", "warning") else None)
+        self.page.on(
+            "console",
+            lambda message: (
+                self.problems.append(f"{message.type}: {message.text}")
+                if message.type in ("error", "warning")
+                else None
+            ),
+        )
         self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
         self.page.on("crash", lambda _: self.problems.append("the page crashed"))
-        self.page.on("request", lambda request: None if request.url.startswith(site_uri)
-                     else self.outside.append(request.url))
+        self.page.on(
+            "request", lambda request: None if request.url.startswith(site_uri) else self.outside.append(request.url)
+        )
 
     def close(self) -> None:
         self.context.close()
@@ -81,12 +98,13 @@ class Tab:
         self.outside.clear()
         self.page.goto(page_path.resolve().as_uri())
         self.page.wait_for_function("window.__charts && window.__charts.finished !== null", timeout=20_000)
-        return self.page.evaluate("({expected: __charts.expected, drawn: __charts.drawn, errors: __charts.errors, "
-                                  "finished: __charts.finished})")
+        return self.page.evaluate(
+            "({expected: __charts.expected, drawn: __charts.drawn, errors: __charts.errors, "
+            "finished: __charts.finished})"
+        )
 
 
-def test_every_page_draws_every_chart_offline_without_errors(browser, sample_site):
-    ARTIFACTS.mkdir(exist_ok=True)
+def test_every_page_draws_every_chart_offline_without_errors(browser, sample_site, artifacts):
     pages = sorted(sample_site.rglob("*.html"))
     assert len(pages) > 20 and (sample_site / "index.html") in pages
     timings = {}
@@ -105,18 +123,17 @@ def test_every_page_draws_every_chart_offline_without_errors(browser, sample_sit
         timings[name] = round(state["finished"])
     tab.close()
     slowest = max(timings, key=timings.get)
-    (ARTIFACTS / "draw-times-ms.json").write_text(json.dumps(timings, indent=1, sort_keys=True))
+    (artifacts / "draw-times-ms.json").write_text(json.dumps(timings, indent=1, sort_keys=True))
     print(f"{len(pages)} pages; slowest to draw: {slowest} at {timings[slowest]} ms after navigation")
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_run_pages_render_in_both_colour_schemes_and_are_kept_as_screenshots(browser, sample_site, scheme):
-    ARTIFACTS.mkdir(exist_ok=True)
+def test_run_pages_render_in_both_colour_schemes_and_are_kept_as_screenshots(browser, sample_site, artifacts, scheme):
     tab = Tab(browser, sample_site, scheme)
     for run_page in sorted((sample_site / "runs").glob("*/index.html")):
         state = tab.open(run_page)
         assert state["errors"] == [] and tab.problems == [] and tab.outside == [], (run_page, state, tab.problems)
-        tab.page.screenshot(path=str(ARTIFACTS / f"{run_page.parent.name}-{scheme}.png"), full_page=True)
+        tab.page.screenshot(path=str(artifacts / f"{run_page.parent.name}-{scheme}.png"), full_page=True)
     tab.close()
 
 
@@ -132,24 +149,27 @@ def test_pages_link_only_inside_the_site(sample_site):
     assert shutil.which("chromium") or CHROMIUM.exists()
 
 
-def test_single_file_diff_renders_offline(browser, sample_site, tmp_path):
-    from reporter.diff import DEFAULT_THRESHOLDS, diff_runs
-    from reporter.review import write_single_file
-    from reporter.runstore import Run
+def test_single_file_diff_renders_offline(browser, sample_runs, artifacts, tmp_path):
+    from reporter.compare.diff import diff_runs
+    from reporter.compare.thresholds import DEFAULT_THRESHOLDS
+    from reporter.report.gather import diff_view
+    from reporter.report.review import write_single_file
 
-    runs = {path.name.split("-")[1]: Run.load(path) for path in sorted((ROOT / "runs").glob("forecaster-v*"))}
-    write_single_file(diff_runs(runs["v1"], runs["v2"]), tmp_path / "review.html", DEFAULT_THRESHOLDS)
+    diff = diff_runs(sample_runs[("forecaster", "v1")], sample_runs[("forecaster", "v2")])
+    write_single_file(diff_view(diff, DEFAULT_THRESHOLDS), tmp_path / "review.html")
     tab = Tab(browser, tmp_path)
     state = tab.open(tmp_path / "review.html")
     marks = tab.page.evaluate(COUNT_MARKS)
     assert state["errors"] == [] and state["drawn"] == state["expected"] >= 4, state
     assert all(count > 0 for count in marks) and tab.problems == [] and tab.outside == [], (marks, tab.problems)
-    tab.page.screenshot(path=str(ARTIFACTS / "single-file-diff.png"), full_page=True)
+    tab.page.screenshot(path=str(artifacts / "single-file-diff.png"), full_page=True)
     tab.close()
 
 
-HOSTILE_MODEL = ('<img src=x onerror="window.__pwned=1"> "quoted" & </script><script>window.__pwned=1</script> '
-                 'ünïcödé 模型 ' + "L" * 300)
+HOSTILE_MODEL = (
+    '<img src=x onerror="window.__pwned=1"> "quoted" & </script><script>window.__pwned=1</script> '
+    "ünïcödé 模型 " + "L" * 300
+)
 HOSTILE_LAYER = "<b onmouseover=window.__pwned=1>l0</b></script>"
 
 
@@ -157,20 +177,19 @@ def _hostile_run(tmp_path: Path, version: str):
     """A real run of the tiny model, with its model, version and a layer renamed to hostile text."""
     import dataclasses
 
-    from reporter.make_run import RunSettings, make_run
-    from reporter.model_source import exposed_model_from_checkpoint
-    from reporter.windows import open_windows_source
+    from reporter.pipeline.make_run import RunSettings, make_run
+    from reporter.pipeline.model_source import ModelRecipe, exposed_model
+    from reporter.replay.windows import open_windows_source
     from tests.tiny_models import save_tiny
 
     checkpoint, windows = save_tiny(tmp_path)
     source = open_windows_source(windows)
-    model = exposed_model_from_checkpoint(checkpoint, "tests.tiny_models:tiny_forecaster", {}, False, None,
-                                          source=source)
+    model = exposed_model(ModelRecipe(checkpoint, "tests.tiny_models:tiny_forecaster"), source)
     run = make_run(model, source, RunSettings(HOSTILE_MODEL, version, provider="cpu", impulse_windows=4))
     old = run.layers[0].name
 
     def new(name: str) -> str:
-        return HOSTILE_LAYER + name[len(old):] if name == old or name.startswith(old + "/") else name
+        return HOSTILE_LAYER + name[len(old) :] if name == old or name.startswith(old + "/") else name
 
     run.layers = [dataclasses.replace(layer, name=new(layer.name)) for layer in run.layers]
     for table in ("gate_stats", "timestep_stats", "explanations"):
@@ -183,16 +202,18 @@ def _hostile_run(tmp_path: Path, version: str):
 
 
 def test_hostile_names_render_as_text_and_run_nothing(browser, tmp_path):
-    from reporter.diff import DEFAULT_THRESHOLDS, diff_runs
-    from reporter.review import write_diff_dir, write_markdown
+    from reporter.compare.diff import diff_runs
+    from reporter.compare.thresholds import DEFAULT_THRESHOLDS
+    from reporter.pipeline.build import build as build_site
+    from reporter.report.gather import diff_view
+    from reporter.report.review import write_diff_dir, write_markdown
     from reporter.runstore import Run
-    from reporter.build import build as build_site
 
     runs = [_hostile_run(tmp_path, version) for version in ('v1 "</script>', "v2 <i>")]
     site = build_site(None, tmp_path / "site", run_dirs=runs, progress=lambda _: None, title="<h1>site</h1>")
-    diff = diff_runs(Run.load(runs[0]), Run.load(runs[1]))
-    write_diff_dir(diff, tmp_path / "diff", DEFAULT_THRESHOLDS)
-    markdown = write_markdown(diff, tmp_path / "review.md", DEFAULT_THRESHOLDS).read_text()
+    view = diff_view(diff_runs(Run.load(runs[0]), Run.load(runs[1])), DEFAULT_THRESHOLDS)
+    write_diff_dir(view, tmp_path / "diff")
+    markdown = write_markdown(view, tmp_path / "review.md").read_text()
     assert "<img" not in markdown and "<b " not in markdown and "</script>" not in markdown
     pages = [*sorted(site.rglob("*.html")), tmp_path / "diff" / "index.html"]
     assert len(pages) > 10
@@ -215,7 +236,8 @@ def test_the_checks_catch_requests_leaving_the_site_and_console_errors(browser, 
     (tmp_path / "outside.js").write_text("window.loaded = 1;")
     (tmp_path / "site" / "page.html").write_text(
         '<img src="http://example.com/pixel.png"><script src="../outside.js"></script>'
-        '<script>console.error("broken"); window.__charts = {finished: 1, expected: 0, drawn: 0, errors: []};</script>')
+        '<script>console.error("broken"); window.__charts = {finished: 1, expected: 0, drawn: 0, errors: []};</script>'
+    )
     tab = Tab(browser, tmp_path / "site")
     tab.open(tmp_path / "site" / "page.html")
     assert any(url.startswith("http://example.com") for url in tab.outside)

@@ -16,8 +16,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from reporter.checkpoints import file_sha256, import_factory, load_checkpoint
-from reporter.errors import CheckpointError
+from reporter.errors import CheckpointError, ReporterError
+from reporter.model.checkpoints import import_factory, load_checkpoint
+from reporter.provenance import file_sha256
 
 FACTORY = "tests.test_checkpoints:make_lstm"
 
@@ -370,5 +371,5 @@ def test_sha256_of_a_large_file_reads_in_chunks(tmp_path):
 
 
 def test_sha256_of_a_missing_file(tmp_path):
-    with pytest.raises(CheckpointError, match="nope.bin: cannot read"):
+    with pytest.raises(ReporterError, match="nope.bin: cannot read"):
         file_sha256(tmp_path / "nope.bin")

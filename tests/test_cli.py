@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
 from reporter.cli import main
-from reporter.expose import layers_from_json
+from reporter.layers import layers_from_json
 from tests.tiny_models import save_tiny, tiny_forecaster
 
 FACTORY = "tests.tiny_models:tiny_forecaster"
@@ -22,11 +20,26 @@ FACTORY = "tests.tiny_models:tiny_forecaster"
 def test_export_writes_exposed_model_and_manifest(tmp_path, capsys):
     checkpoint, windows = save_tiny(tmp_path)
     out = tmp_path / "tiny.onnx"
-    code = main(["export", str(checkpoint), "--factory", FACTORY, "--kwargs", '{"hidden": 6}',
-                 "--windows", str(windows), "-o", str(out)])
+    code = main(
+        [
+            "export",
+            str(checkpoint),
+            "--factory",
+            FACTORY,
+            "--kwargs",
+            '{"hidden": 6}',
+            "--windows",
+            str(windows),
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0
     layers = layers_from_json((tmp_path / "tiny.layers.json").read_text())
-    assert [(l.name, l.kind, l.hidden_size, l.directions) for l in layers] == [("rnn.l0", "LSTM", 6, 1), ("rnn.l1", "LSTM", 6, 1)]
+    assert [(layer.name, layer.kind, layer.hidden_size, layer.directions) for layer in layers] == [
+        ("rnn.l0", "LSTM", 6, 1),
+        ("rnn.l1", "LSTM", 6, 1),
+    ]
     assert "export parity max |Δ|" in capsys.readouterr().out
     # The written model's first output is the torch model's output; the gates follow.
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -41,20 +54,67 @@ def test_export_writes_exposed_model_and_manifest(tmp_path, capsys):
 
 def run_cli(*args, cwd):
     """Run gate-report in a subprocess, as a user would."""
-    return subprocess.run([sys.executable, "-m", "reporter.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "reporter.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
-@pytest.mark.parametrize("make_args, message", [
-    (lambda p: ["export", str(p / "missing.pt"), "-o", str(p / "o.onnx")], "missing.pt"),
-    (lambda p: ["export", str(p / "junk.pt"), "--factory", FACTORY, "-o", str(p / "o.onnx")], "junk.pt"),
-    (lambda p: ["export", str(p / "tiny.pt"), "--factory", "no_such_pkg.mod:f", "-o", str(p / "o.onnx")], "no_such_pkg"),
-    (lambda p: ["export", str(p / "tiny.pt"), "--factory", FACTORY, "--kwargs", "{hidden: 6}", "-o", str(p / "o.onnx")], "--kwargs: not valid JSON"),
-    (lambda p: ["export", str(p / "tiny.pt"), "--factory", FACTORY, "--kwargs", '{"hidden": 9}', "-o", str(p / "o.onnx")], "tiny.pt"),
-    (lambda p: ["export", str(p / "tiny.pt"), "--factory", FACTORY, "-o", str(p)], "is a directory"),
-    (lambda p: ["export", str(p / "tiny.pt"), "--factory", FACTORY, "-o", str(p / "nowhere" / "o.onnx")], "does not exist"),
-    (lambda p: ["export", str(p / "tiny.pt"), "--factory", FACTORY, "--windows", str(p / "bad.npz"), "-o", str(p / "o.onnx")], "bad.npz: no array named 'x'; it has y"),
-    (lambda p: ["build", "--config", str(p / "missing.toml")], "missing.toml: no such file"),
-])
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda p: ["export", str(p / "missing.pt"), "-o", str(p / "o.onnx")], "missing.pt"),
+        (lambda p: ["export", str(p / "junk.pt"), "--factory", FACTORY, "-o", str(p / "o.onnx")], "junk.pt"),
+        (
+            lambda p: ["export", str(p / "tiny.pt"), "--factory", "no_such_pkg.mod:f", "-o", str(p / "o.onnx")],
+            "no_such_pkg",
+        ),
+        (
+            lambda p: [
+                "export",
+                str(p / "tiny.pt"),
+                "--factory",
+                FACTORY,
+                "--kwargs",
+                "{hidden: 6}",
+                "-o",
+                str(p / "o.onnx"),
+            ],
+            "--kwargs: not valid JSON",
+        ),
+        (
+            lambda p: [
+                "export",
+                str(p / "tiny.pt"),
+                "--factory",
+                FACTORY,
+                "--kwargs",
+                '{"hidden": 9}',
+                "-o",
+                str(p / "o.onnx"),
+            ],
+            "tiny.pt",
+        ),
+        (lambda p: ["export", str(p / "tiny.pt"), "--factory", FACTORY, "-o", str(p)], "is a directory"),
+        (
+            lambda p: ["export", str(p / "tiny.pt"), "--factory", FACTORY, "-o", str(p / "nowhere" / "o.onnx")],
+            "does not exist",
+        ),
+        (
+            lambda p: [
+                "export",
+                str(p / "tiny.pt"),
+                "--factory",
+                FACTORY,
+                "--windows",
+                str(p / "bad.npz"),
+                "-o",
+                str(p / "o.onnx"),
+            ],
+            "bad.npz: no array named 'x'; it has y",
+        ),
+        (lambda p: ["build", "--config", str(p / "missing.toml")], "missing.toml: no such file"),
+    ],
+)
 def test_bad_input_is_exit_2_with_one_line(tmp_path, make_args, message):
     save_tiny(tmp_path)
     (tmp_path / "junk.pt").write_bytes(b"\x00not a checkpoint" * 20)
@@ -88,12 +148,12 @@ def test_usage_error_is_exit_2(capsys):
 
 
 def test_serve_previews_a_built_site_on_localhost(tmp_path):
-    import time
     import urllib.request
 
     (tmp_path / "index.html").write_text("<h1>gates</h1>")
-    server = subprocess.Popen([sys.executable, "-m", "reporter.cli", "serve", str(tmp_path), "--port", "0"],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "reporter.cli", "serve", str(tmp_path), "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
     try:
         line = server.stdout.readline()
         url = line.split(" at ", 1)[1].split(" ", 1)[0]

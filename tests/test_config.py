@@ -50,7 +50,7 @@ def test_syntax_error_names_file_and_line(tmp_path):
 
 
 def test_unknown_key_suggests_nearest(tmp_path):
-    path = write(tmp_path, VALID.replace("checkpoint = \"a.pt\"", "chekpoint = \"a.pt\""))
+    path = write(tmp_path, VALID.replace('checkpoint = "a.pt"', 'chekpoint = "a.pt"'))
     with pytest.raises(ConfigError, match=r"unknown key 'chekpoint' in \[\[runs\]\] #1; did you mean 'checkpoint'\?"):
         load_config(path)
 

@@ -17,21 +17,22 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from reporter.bench_replay import CHECKPOINT, FACTORY, make_windows  # noqa: E402
-from reporter.dask_replay import plan_shards, replay_on_dask  # noqa: E402
+from reporter.bench.replay_cost import SAMPLE, make_windows  # noqa: E402
 from reporter.errors import ReporterError  # noqa: E402
-from reporter.model_source import exposed_model_from_checkpoint  # noqa: E402
-from reporter.replay import Replayer  # noqa: E402
-from reporter.stats import StatsConfig  # noqa: E402
-from reporter.windows import open_windows_source  # noqa: E402
+from reporter.pipeline.model_source import exposed_model  # noqa: E402
+from reporter.replay.dask_shards import plan_shards, replay_on_dask  # noqa: E402
+from reporter.replay.gate_moments import StatsConfig  # noqa: E402
+from reporter.replay.runner import Replayer  # noqa: E402
+from reporter.replay.windows import open_windows_source  # noqa: E402
 
 BATCH = 128
 
 
 @pytest.fixture(scope="module")
 def cluster_client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       silence_logs=logging.ERROR)
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+    )
     client = distributed.Client(cluster)
     yield client
     client.close()
@@ -42,7 +43,7 @@ def cluster_client():
 def forecaster(tmp_path_factory):
     path = make_windows(6000, tmp_path_factory.mktemp("dask") / "windows.npy")
     source = open_windows_source(path)
-    return exposed_model_from_checkpoint(CHECKPOINT, FACTORY, {}, False, None, source=source), source
+    return exposed_model(SAMPLE, source), source
 
 
 def _assert_same(dask_result, single) -> None:
@@ -79,8 +80,9 @@ def test_a_worker_killed_mid_replay_is_survived(cluster_client, forecaster):
     outcome = {}
 
     def run() -> None:
-        outcome["result"] = replay_on_dask("", model.exposed, model.layers, source, BATCH, StatsConfig(),
-                                           client=cluster_client)
+        outcome["result"] = replay_on_dask(
+            "", model.exposed, model.layers, source, BATCH, StatsConfig(), client=cluster_client
+        )
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -118,11 +120,19 @@ def test_shards_are_whole_batches_covering_every_window(forecaster):
 
 
 def test_a_worker_that_sees_another_file_at_the_same_path_refuses_it(forecaster):
-    from reporter.dask_replay import replay_shard
-    from reporter.expose import layers_to_json
+    from reporter.layers import layers_to_json
+    from reporter.replay.dask_shards import replay_shard
 
     model, source = forecaster
     recipe = {**source.recipe, "identity": {"shape": list(source.shape), "size": source.path.stat().st_size + 1}}
     with pytest.raises(ReporterError, match="differs from the client's"):
-        replay_shard(model.exposed.SerializeToString(), layers_to_json(model.layers), StatsConfig(), recipe,
-                     source.skipped, 0, BATCH, BATCH)
+        replay_shard(
+            model.exposed.SerializeToString(),
+            layers_to_json(model.layers),
+            StatsConfig(),
+            recipe,
+            source.skipped,
+            0,
+            BATCH,
+            BATCH,
+        )

@@ -5,28 +5,25 @@ attachments are complete and self-contained; check's exit code follows the thres
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from reporter.cli import main
+from reporter.compare.diff import check, diff_runs
+from reporter.compare.thresholds import DEFAULT_THRESHOLDS, parse_thresholds
+from reporter.compare.unit_match import linear_cka, match_units
 from reporter.config import load_config
-from reporter.diff import DEFAULT_THRESHOLDS, check, diff_runs, parse_thresholds
 from reporter.errors import ConfigError
-from reporter.review import md_text, write_markdown, write_single_file
-from reporter.run_cache import cached_run
-from reporter.unit_match import linear_cka, match_units
-
-ROOT = Path(__file__).resolve().parent.parent
+from reporter.report.gather import diff_view
+from reporter.report.review import md_text, write_markdown, write_single_file
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
-def forecaster():
-    """The sample forecaster's v1 and v2 runs (replayed once, cached under runs/ like `make site`)."""
-    config = load_config(ROOT / "reporter.toml")
-    runs = {run.version: cached_run(run, ROOT / "runs") for run in config.runs if run.model == "forecaster"}
-    return runs["v1"], runs["v2"]
+def forecaster(sample_runs):
+    """The sample forecaster's v1 and v2 runs."""
+    return sample_runs[("forecaster", "v1")], sample_runs[("forecaster", "v2")]
 
 
 def test_a_run_against_itself_changes_nothing_and_passes(forecaster):
@@ -77,7 +74,7 @@ def test_matching_recovers_a_permutation_with_flipped_signs():
 
 def test_markdown_summary_links_svg_charts_that_exist(forecaster, tmp_path):
     v1, v2 = forecaster
-    path = write_markdown(diff_runs(v1, v2), tmp_path / "review.md", DEFAULT_THRESHOLDS)
+    path = write_markdown(diff_view(diff_runs(v1, v2), DEFAULT_THRESHOLDS), tmp_path / "review.md")
     text = path.read_text()
     assert "❌ breached" in text and "`wasserstein`" in text and "half-life 1." in text
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
@@ -88,7 +85,7 @@ def test_markdown_summary_links_svg_charts_that_exist(forecaster, tmp_path):
 
 def test_single_file_has_no_external_reference(forecaster, tmp_path):
     v1, v2 = forecaster
-    size = write_single_file(diff_runs(v1, v2), tmp_path / "one.html", DEFAULT_THRESHOLDS)
+    size = write_single_file(diff_view(diff_runs(v1, v2), DEFAULT_THRESHOLDS), tmp_path / "one.html")
     html = (tmp_path / "one.html").read_text()
     assert size <= 5 * 2**20 and size == len(html.encode())
     assert "vegaEmbed" in html and 'data-chart="chart-shift"' in html
@@ -112,8 +109,10 @@ def test_check_exit_codes_and_thresholds(forecaster, capsys):
     assert "holds" in capsys.readouterr().out
     assert main(["check", str(v1.path), str(v2.path)]) == 1
     assert "BREACHED" in capsys.readouterr().out
-    assert main(["check", str(v1.path), str(v2.path), "--threshold", "wasserstein=1", "--threshold",
-                 "output_drift=0.5"]) == 0
+    assert (
+        main(["check", str(v1.path), str(v2.path), "--threshold", "wasserstein=1", "--threshold", "output_drift=0.5"])
+        == 0
+    )
     capsys.readouterr()
     assert main(["check", str(v1.path), str(v2.path), "--threshold", "wasserstien=1"]) == 2
     assert "unknown threshold 'wasserstien'; did you mean 'wasserstein'?" in capsys.readouterr().err
@@ -122,7 +121,7 @@ def test_check_exit_codes_and_thresholds(forecaster, capsys):
 
 
 def test_config_check_table_sets_thresholds(tmp_path):
-    text = (ROOT / "reporter.toml").read_text().replace('[site]', '[check]\nwasserstein = 0.5\n\n[site]')
+    text = (ROOT / "reporter.toml").read_text().replace("[site]", "[check]\nwasserstein = 0.5\n\n[site]")
     (tmp_path / "reporter.toml").write_text(text)
     assert load_config(tmp_path / "reporter.toml").thresholds["wasserstein"] == 0.5
     (tmp_path / "bad.toml").write_text(text.replace("wasserstein = 0.5", "wasserstain = 0.5"))

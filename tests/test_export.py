@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from reporter.errors import ExportError
-from reporter.export import ExportResult, export_module, output_parity
+from reporter.model.export import ExportResult, export_module, output_parity
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 

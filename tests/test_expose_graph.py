@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from reporter.errors import ModelError
-from reporter.expose import expose_gates
+from reporter.model.expose import expose_gates
 from tests import rnn_reference
 from tests.rnn_reference import GATES
 from tests.test_expose_spec import OPSET, Case, build, ort_run, reference
@@ -44,18 +44,33 @@ def stacked() -> tuple[onnx.ModelProto, dict[str, np.ndarray], dict[str, np.ndar
     H, I, T, B = 4, 3, 5, 2
     rng = np.random.default_rng(7)
     w = {
-        "lstm_W": rng.standard_normal((2, 4 * H, I)), "lstm_R": rng.standard_normal((2, 4 * H, H)),
-        "lstm_B": rng.standard_normal((2, 8 * H)), "gru_W": rng.standard_normal((1, 3 * H, 2 * H)),
-        "gru_R": rng.standard_normal((1, 3 * H, H)), "gru_B": rng.standard_normal((1, 6 * H)),
+        "lstm_W": rng.standard_normal((2, 4 * H, I)),
+        "lstm_R": rng.standard_normal((2, 4 * H, H)),
+        "lstm_B": rng.standard_normal((2, 8 * H)),
+        "gru_W": rng.standard_normal((1, 3 * H, 2 * H)),
+        "gru_R": rng.standard_normal((1, 3 * H, H)),
+        "gru_B": rng.standard_normal((1, 6 * H)),
     }
     w = {k: (0.5 * v).astype(np.float32) for k, v in w.items()}
     nodes = [
-        helper.make_node("LSTM", ["X", "lstm_W", "lstm_R", "lstm_B"], ["lstm_Y"], name="encoder", hidden_size=H,
-                         direction="bidirectional"),
+        helper.make_node(
+            "LSTM",
+            ["X", "lstm_W", "lstm_R", "lstm_B"],
+            ["lstm_Y"],
+            name="encoder",
+            hidden_size=H,
+            direction="bidirectional",
+        ),
         helper.make_node("Transpose", ["lstm_Y"], ["lstm_Y_t"], perm=[0, 2, 1, 3]),
         helper.make_node("Reshape", ["lstm_Y_t", "flat"], ["gru_X"]),
-        helper.make_node("GRU", ["gru_X", "gru_W", "gru_R", "gru_B"], ["gru_Y", "gru_Y_h"], name="decoder",
-                         hidden_size=H, linear_before_reset=1),
+        helper.make_node(
+            "GRU",
+            ["gru_X", "gru_W", "gru_R", "gru_B"],
+            ["gru_Y", "gru_Y_h"],
+            name="decoder",
+            hidden_size=H,
+            linear_before_reset=1,
+        ),
     ]
     inits = [numpy_helper.from_array(v, k) for k, v in w.items()]
     inits.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), "flat"))

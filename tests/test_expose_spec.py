@@ -185,8 +185,7 @@ def onnxruntime_outputs(built: Built) -> dict[str, np.ndarray]:
     twin = build(Case(**{**case.__dict__, "layout": 0, "hidden_size_attr": True}))
     swap = case.layout == 1
     values = {
-        k: np.swapaxes(v, 0, 1) if swap and k in ("X", "initial_h", "initial_c") else v
-        for k, v in built.values.items()
+        k: np.swapaxes(v, 0, 1) if swap and k in ("X", "initial_h", "initial_c") else v for k, v in built.values.items()
     }
     for init in twin.model.graph.initializer:
         init.CopyFrom(onnx.numpy_helper.from_array(values[init.name], init.name))
@@ -249,8 +248,7 @@ for _kind in KINDS:
     _add(f"{_kind}-only-Y_h", Case(_kind, "bidirectional", outputs=("Y_h",)))
     _add(f"{_kind}-only-Y", Case(_kind, outputs=("Y",)))
     _add(  # onnxruntime gives 0 in Y_h (and Y_c), not the initial state, for an empty sequence
-        f"{_kind}-a-sequence-of-length-0",
-        Case(_kind, "bidirectional", sequence_lens=(5, 0, 3), batch=3, initial=True),
+        f"{_kind}-a-sequence-of-length-0", Case(_kind, "bidirectional", sequence_lens=(5, 0, 3), batch=3, initial=True)
     )
     _add(f"{_kind}-batch-1-shorter-sequence", Case(_kind, "bidirectional", batch=1, sequence_lens=(4,)))
 
@@ -291,20 +289,15 @@ ACTIVATION_CASES = {
         ),
     ),
     "LSTM-defaults-after-the-given-alphas": Case(
-        "LSTM",
-        "reverse",
-        attrs=dict(activations=["HardSigmoid", "LeakyRelu", "Elu"], activation_alpha=[0.15]),
+        "LSTM", "reverse", attrs=dict(activations=["HardSigmoid", "LeakyRelu", "Elu"], activation_alpha=[0.15])
     ),
     "LSTM-Relu-Affine-Softplus-peepholes-clip": Case(
         "LSTM",
         peepholes=True,
-        attrs=dict(
-            activations=["Sigmoid", "Relu", "Affine"], activation_alpha=[0.9], activation_beta=[0.2], clip=1.5
-        ),
+        attrs=dict(activations=["Sigmoid", "Relu", "Affine"], activation_alpha=[0.9], activation_beta=[0.2], clip=1.5),
     ),
     "LSTM-ThresholdedRelu-Softplus": Case(
-        "LSTM",
-        attrs=dict(activations=["Sigmoid", "ThresholdedRelu", "Softplus"], activation_alpha=[0.3]),
+        "LSTM", attrs=dict(activations=["Sigmoid", "ThresholdedRelu", "Softplus"], activation_alpha=[0.3])
     ),
     "LSTM-ThresholdedRelu-default-alpha": Case(
         "LSTM", attrs=dict(activations=["Sigmoid", "ThresholdedRelu", "Tanh"])
@@ -314,18 +307,13 @@ ACTIVATION_CASES = {
         attrs=dict(activations=["HardSigmoid", "Affine"], activation_alpha=[0.3, 0.6], activation_beta=[0.5, -0.1]),
     ),
     "GRU-per-direction-defaults": Case(
-        "GRU",
-        "bidirectional",
-        attrs=dict(activations=["Sigmoid", "Relu", "HardSigmoid", "Softsign"]),
+        "GRU", "bidirectional", attrs=dict(activations=["Sigmoid", "Relu", "HardSigmoid", "Softsign"])
     ),
     "GRU-ScaledTanh-linear_before_reset": Case(
         "GRU",
         "reverse",
         attrs=dict(
-            activations=["Sigmoid", "ScaledTanh"],
-            activation_alpha=[0.9],
-            activation_beta=[1.7],
-            linear_before_reset=1,
+            activations=["Sigmoid", "ScaledTanh"], activation_alpha=[0.9], activation_beta=[1.7], linear_before_reset=1
         ),
     ),
     "RNN-Relu": Case("RNN", attrs=dict(activations=["Relu"])),
@@ -416,7 +404,7 @@ for _layout in (0, 1):
 @pytest.fixture(scope="module")
 def exposed_cache():
     """Expose each case's model once for the whole module."""
-    from reporter.expose import expose_gates
+    from reporter.model.expose import expose_gates
 
     cache = {}
 
@@ -550,7 +538,16 @@ def test_reverse_gates_are_aligned_to_input_time(exposed_cache):
 
 # ThresholdedRelu is left out: it jumps at alpha, where float32 and float64 may fall either side.
 SMOOTH_ACTIVATIONS = (
-    "Relu", "Tanh", "Sigmoid", "Affine", "LeakyRelu", "ScaledTanh", "HardSigmoid", "Elu", "Softsign", "Softplus"
+    "Relu",
+    "Tanh",
+    "Sigmoid",
+    "Affine",
+    "LeakyRelu",
+    "ScaledTanh",
+    "HardSigmoid",
+    "Elu",
+    "Softsign",
+    "Softplus",
 )
 # LSTM and GRU gates (their first activation) multiply the state: unbounded ones blow it up.
 BOUNDED_ACTIVATIONS = ("Sigmoid", "HardSigmoid", "Tanh", "Softsign", "ScaledTanh")
@@ -606,7 +603,7 @@ def cases(draw) -> Case:
 def test_any_mix_of_attributes(case):
     """Random mixes can amplify float32 rounding (a ScaledTanh gate above 1, a Relu candidate), so the
     tolerance is looser than the fixed cases'; a wrong equation is off by far more."""
-    from reporter.expose import expose_gates
+    from reporter.model.expose import expose_gates
 
     tol = dict(rtol=1e-4, atol=1e-4)
     built = build(case)
@@ -629,7 +626,7 @@ def test_any_mix_of_attributes(case):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_an_unknown_activation_is_an_error_naming_node_and_activation(kind):
-    from reporter.expose import expose_gates
+    from reporter.model.expose import expose_gates
 
     names = list(rnn_reference.DEFAULT_ACTIVATIONS[kind])
     names[-1] = "Swishish"
@@ -641,7 +638,7 @@ def test_an_unknown_activation_is_an_error_naming_node_and_activation(kind):
 
 
 def test_an_unknown_activation_in_the_reverse_direction_is_an_error():
-    from reporter.expose import expose_gates
+    from reporter.model.expose import expose_gates
 
     built = build(Case("GRU", "bidirectional", attrs=dict(activations=["Sigmoid", "Tanh", "Sigmoid", "Gelu"])))
     with pytest.raises(ModelError, match="Gelu"):

@@ -112,9 +112,7 @@ def _export(module: Cells, kind: str, exporter: str) -> onnx.ModelProto:
                 axes[name] = {0: "batch", 1: "time"}
             else:
                 axes[name] = {0: "time", 1: "batch"}
-        return _legacy_export(
-            module, (x_bf, x_tf), input_names=["x_bf", "x_tf"], output_names=names, dynamic_axes=axes
-        )
+        return _legacy_export(module, (x_bf, x_tf), input_names=["x_bf", "x_tf"], output_names=names, dynamic_axes=axes)
     batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
     return _dynamo_export(
         module,
@@ -208,7 +206,7 @@ def recurrent_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 @pytest.fixture(scope="module")
 def exported():
-    from reporter.expose import expose_gates
+    from reporter.model.expose import expose_gates
 
     cache: dict[tuple[str, str], Exported] = {}
 
@@ -331,7 +329,7 @@ def test_the_dynamo_exporter_still_decomposes_rnn(exported):
 
 def test_a_relu_rnn_exported_by_the_legacy_exporter():
     """nn.RNN(nonlinearity="relu") becomes an RNN node with a Relu activation."""
-    from reporter.expose import expose_gates
+    from reporter.model.expose import expose_gates
 
     torch.manual_seed(3)
     module = torch.nn.RNN(FEATURES, HIDDEN, num_layers=2, nonlinearity="relu", batch_first=True).eval()

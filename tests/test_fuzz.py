@@ -16,16 +16,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reporter.config import load_config
-from reporter.errors import ConfigError, RunError, WindowsError_
+from reporter.errors import ConfigError, RunError, WindowsFileError
+from reporter.replay.windows import open_windows_source
 from reporter.runstore import Run
-from reporter.windows import open_windows_source
 from tests.test_runstore import _run
 
-FUZZ = settings(max_examples=int(os.environ.get("GATE_REPORTER_FUZZ_EXAMPLES", "100")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                      HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=int(os.environ.get("GATE_REPORTER_FUZZ_EXAMPLES", "100")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
-mutations = st.lists(st.tuples(st.sampled_from(["flip", "cut", "insert", "zero"]), st.integers(0, 10**6),
-                               st.binary(min_size=1, max_size=8)), min_size=1, max_size=4)
+mutations = st.lists(
+    st.tuples(
+        st.sampled_from(["flip", "cut", "insert", "zero"]), st.integers(0, 10**6), st.binary(min_size=1, max_size=8)
+    ),
+    min_size=1,
+    max_size=4,
+)
 
 
 def mutate(data: bytes, edits) -> bytes:
@@ -36,11 +44,11 @@ def mutate(data: bytes, edits) -> bytes:
         if kind == "flip" and data:
             data[at] ^= payload[0] or 1
         elif kind == "cut":
-            del data[at:at + 1 + payload[0] % 64]
+            del data[at : at + 1 + payload[0] % 64]
         elif kind == "insert":
             data[at:at] = payload
         elif kind == "zero":
-            data[at:at + len(payload)] = bytes(len(data[at:at + len(payload)]))
+            data[at : at + len(payload)] = bytes(len(data[at : at + len(payload)]))
     return bytes(data)
 
 
@@ -65,7 +73,7 @@ def test_windows_readers_give_windows_or_their_own_error(tmp_path_factory, name,
         source = open_windows_source(path, window=5)
         for indices, windows in source.batches(4):
             assert windows.shape[0] == len(indices) and windows.dtype in (np.float32, np.int64)
-    except WindowsError_ as exc:
+    except WindowsFileError as exc:
         assert str(exc).startswith(str(path)) and "\n" not in str(exc)
 
 
@@ -112,8 +120,20 @@ def saved_run(tmp_path_factory):
 
 
 @FUZZ
-@given(member=st.sampled_from(["run.json", "layers.json", "gate_stats.parquet", "window_scores.parquet",
-                               "impulse.parquet", "traces.npz", "outputs.npz"]), edits=mutations)
+@given(
+    member=st.sampled_from(
+        [
+            "run.json",
+            "layers.json",
+            "gate_stats.parquet",
+            "window_scores.parquet",
+            "impulse.parquet",
+            "traces.npz",
+            "outputs.npz",
+        ]
+    ),
+    edits=mutations,
+)
 def test_run_store_reader_gives_a_run_or_its_own_error(tmp_path_factory, saved_run, member, edits):
     folder = tmp_path_factory.mktemp("fuzz-copy") / "run"
     shutil.copytree(saved_run, folder)

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from reporter.expose import expose_gates
-from reporter.impulse import IMPULSE_COLUMNS, impulse_response, impulse_summary
-from reporter.replay import model_output_names
+from reporter.model.expose import expose_gates
+from reporter.replay.impulse import IMPULSE_COLUMNS, impulse_response, impulse_summary
+from reporter.replay.runner import model_output_names
 
 UNITS = 3
 
@@ -27,9 +27,12 @@ def _decaying_rnn(decay: float, direction: str = "forward"):
     transpose = helper.make_node("Transpose", ["x"], ["x_tm"], perm=[1, 0, 2])  # batch-major input
     batch_major = helper.make_node("Transpose", ["Y"], ["out"], perm=[2, 0, 1, 3])
     graph = helper.make_graph(
-        [transpose, node, batch_major], "decay", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", UNITS])],
+        [transpose, node, batch_major],
+        "decay",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", UNITS])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["b", "t", directions, UNITS])],
-        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R")])
+        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R")],
+    )
     # IR 10: onnx 1.23 writes IR 14 by default, which onnxruntime-gpu 1.31 cannot read
     return expose_gates(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=10))
 
@@ -49,7 +52,7 @@ def test_half_life_and_time_constant_match_the_decay_rate(decay):
     curve = frame[(frame.feature == 1) & (frame.target == f"{layers[0].name}/h")]
     lags = curve["lag"].to_numpy()
     # One of three units is pushed: RMS over units is tanh(1e-4)·decay**lag / sqrt(3).
-    expected = np.tanh(1e-4) * decay ** lags / math.sqrt(UNITS)
+    expected = np.tanh(1e-4) * decay**lags / math.sqrt(UNITS)
     np.testing.assert_allclose(curve["response"], expected, rtol=1e-3, atol=1e-12)
     summary = impulse_summary(frame).set_index(["target", "feature"]).loc[(f"{layers[0].name}/h", 1)]
     assert summary["peak_lag"] == 0
@@ -62,8 +65,10 @@ def test_reverse_direction_remembers_backwards_and_bidirectional_has_both():
     model, layers = _decaying_rnn(0.7, "bidirectional")
     windows = np.zeros((2, 30, UNITS), np.float32)
     frame = impulse_response(_runner(model), windows, layers, [], step=20, magnitude=1e-4, features=[0])
-    by_direction = {d: rows.sort_values("lag")["response"].to_numpy() for d, rows in
-                    frame[frame.kind == "hidden"].groupby("direction")}
+    by_direction = {
+        d: rows.sort_values("lag")["response"].to_numpy()
+        for d, rows in frame[frame.kind == "hidden"].groupby("direction")
+    }
     assert len(by_direction["forward"]) == 10 and len(by_direction["reverse"]) == 21  # steps after / before
     for curve in by_direction.values():
         np.testing.assert_allclose(curve[1:] / curve[:-1], 0.7, rtol=1e-3)
@@ -83,7 +88,7 @@ def test_model_outputs_with_a_time_axis_get_curves_and_tokens_are_substituted():
         calls.append(ids.copy())
         return {"h": (ids[:, :, None, None] * 1.0).astype(np.float32)}
 
-    from reporter.expose import Layer
+    from reporter.layers import Layer
 
     ids = np.random.default_rng(1).integers(0, 20, size=(4, 6))
     frame = impulse_response(token_run, ids, [Layer("emb", "RNN", 1, 1, {"h": "h"})], [], step=3, vocab=20)
@@ -94,7 +99,17 @@ def test_model_outputs_with_a_time_axis_get_curves_and_tokens_are_substituted():
 
 
 def test_summary_of_a_curve_that_never_halves_says_so():
-    frame = pd.DataFrame({"target": "t", "kind": "hidden", "perturbation": "p", "feature": 0, "direction": "forward",
-                          "lag": np.arange(5), "response": [1.0, 0.9, 0.85, 0.8, 0.75], "normalised": 0.0})
+    frame = pd.DataFrame(
+        {
+            "target": "t",
+            "kind": "hidden",
+            "perturbation": "p",
+            "feature": 0,
+            "direction": "forward",
+            "lag": np.arange(5),
+            "response": [1.0, 0.9, 0.85, 0.8, 0.75],
+            "normalised": 0.0,
+        }
+    )
     summary = impulse_summary(frame).iloc[0]
     assert math.isnan(summary["half_life"]) and summary["tau_fit"] > 10

@@ -18,12 +18,21 @@ from reporter.runstore import Run
 from tests.tiny_models import save_tiny
 
 FACTORY = "tests.tiny_models:tiny_forecaster"
-ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}  # the factory's package, from any folder
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+}  # the factory's package, from any folder
 
 
 def _start(args, cwd):
-    return subprocess.Popen([sys.executable, "-m", "reporter.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+    return subprocess.Popen(
+        [sys.executable, "-m", "reporter.cli", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
 
 
 def _interrupt_after(process, marker: str, sig: int, delay: float = 1.0) -> tuple[int, str]:
@@ -58,13 +67,19 @@ def _big_windows(path, count=400_000):
 def test_interrupted_replay_keeps_the_previous_run(tmp_path, sig, code, word):
     checkpoint, windows = save_tiny(tmp_path)
     base = ["replay", str(checkpoint), "--factory", FACTORY, "-o", str(tmp_path / "run"), "--provider", "cpu"]
-    first = subprocess.run([sys.executable, "-m", "reporter.cli", *base, "--windows", str(windows)], capture_output=True,
-                           text=True, timeout=300, env=ENV)
+    first = subprocess.run(
+        [sys.executable, "-m", "reporter.cli", *base, "--windows", str(windows)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert first.returncode == 0, first.stderr
     before = {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir()}
     _big_windows(tmp_path / "big.npy")
-    returncode, stderr = _interrupt_after(_start([*base, "--windows", str(tmp_path / "big.npy")], tmp_path),
-                                          "provider:", sig)
+    returncode, stderr = _interrupt_after(
+        _start([*base, "--windows", str(tmp_path / "big.npy")], tmp_path), "provider:", sig
+    )
     assert returncode == code, stderr
     assert stderr.strip().splitlines()[-1] == f"gate-report: {word}; nothing half-written was left behind"
     assert "Traceback" not in stderr
@@ -87,15 +102,22 @@ factory = "{FACTORY}"
 windows = "windows.npy"
 """)
     np.save(tmp_path / "windows.npy", np.random.default_rng(1).standard_normal((20, 7, 3)).astype(np.float32))
-    first = subprocess.run([sys.executable, "-m", "reporter.cli", "build"], cwd=tmp_path, capture_output=True,
-                           text=True, timeout=300, env=ENV)
+    first = subprocess.run(
+        [sys.executable, "-m", "reporter.cli", "build"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert first.returncode == 0, first.stderr
     site = {path.relative_to(tmp_path): path.read_bytes() for path in (tmp_path / "site").rglob("*") if path.is_file()}
     _big_windows(tmp_path / "windows.npy")  # the cache no longer matches: the next build replays
     returncode, stderr = _interrupt_after(_start(["build"], tmp_path), "replaying", signal.SIGTERM)
     assert returncode == 143 and "Traceback" not in stderr, stderr
-    assert {path.relative_to(tmp_path): path.read_bytes()
-            for path in (tmp_path / "site").rglob("*") if path.is_file()} == site
+    assert {
+        path.relative_to(tmp_path): path.read_bytes() for path in (tmp_path / "site").rglob("*") if path.is_file()
+    } == site
     leftovers = [path for path in [*tmp_path.iterdir(), *(tmp_path / "runs").iterdir()] if path.name.startswith(".")]
     assert leftovers == []
     assert len(list((tmp_path / "runs").iterdir())) == 1 and Run.load(next((tmp_path / "runs").iterdir()))

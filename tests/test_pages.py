@@ -6,30 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
-import pytest
 
-from reporter.charts import heatmap_chart
-from reporter.config import load_config
-from reporter.diff import DEFAULT_THRESHOLDS, diff_runs
-from reporter.numbers import number
-from reporter.pages import unit_table
-from reporter.review import md_text, write_diff_dir, write_markdown
-from reporter.run_cache import cached_run
-from reporter.site import build_site
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def sample_runs():
-    """The sample runs by (model, version), replayed once and cached under runs/ like `make site`."""
-    config = load_config(ROOT / "reporter.toml")
-    return {(run.model, run.version): cached_run(run, ROOT / "runs") for run in config.runs}
+from reporter.compare.diff import diff_runs
+from reporter.compare.thresholds import DEFAULT_THRESHOLDS
+from reporter.report.gather import diff_view, unit_table
+from reporter.report.numbers import number
+from reporter.report.review import md_text, write_diff_dir, write_markdown
+from reporter.report.site import build_site
+from reporter.report.window_charts import heatmap_chart
 
 
 def _sections(html: str) -> dict[str, str]:
@@ -63,8 +51,9 @@ def test_diff_page_and_markdown_never_print_nan_or_inf(sample_runs, tmp_path):
     diff.impulse.loc[0, ["half_life_b", "delta"]] = np.nan  # B's response never halved within the window
     diff.horizon.loc[0, ["half_life_a", "delta"]] = [np.inf, -np.inf]  # A's keep gate sat at exactly 1
     diff.outputs.loc[0, "relative_drift"] = np.inf  # A's outputs were all zero
-    html = (write_diff_dir(diff, tmp_path / "diff", DEFAULT_THRESHOLDS) / "index.html").read_text(encoding="utf-8")
-    markdown = write_markdown(diff, tmp_path / "my review.md", DEFAULT_THRESHOLDS).read_text(encoding="utf-8")
+    view = diff_view(diff, DEFAULT_THRESHOLDS)
+    html = (write_diff_dir(view, tmp_path / "diff") / "index.html").read_text(encoding="utf-8")
+    markdown = write_markdown(view, tmp_path / "my review.md").read_text(encoding="utf-8")
     for text in (html, markdown):
         assert not re.search(r"\bnan\b|\binf\b", text, re.IGNORECASE)
         assert "∞ (A is all zero)" in text
@@ -120,7 +109,7 @@ def test_markdown_names_cannot_mention_anyone():
 
 
 def test_anomaly_shift_compares_shares_of_each_runs_windows(sample_runs):
-    from reporter.diff_charts import anomaly_shift_chart
+    from reporter.report.diff_charts import anomaly_shift_chart
 
     a, b = sample_runs[("forecaster", "v1")], sample_runs[("sensor_gru", "v1")]
     assert a.meta["n_windows"] != b.meta["n_windows"]

@@ -10,14 +10,14 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
-from reporter.anomaly import feature_names, window_features
 from reporter.cli import main
-from reporter.make_run import RunSettings, make_run, sample_windows
-from reporter.model_source import exposed_model_from_checkpoint
-from reporter.replay import Replayer
+from reporter.pipeline.make_run import RunSettings, make_run, sample_windows
+from reporter.pipeline.model_source import ModelRecipe, exposed_model
+from reporter.replay.anomaly import feature_names, window_features
+from reporter.replay.runner import Replayer
+from reporter.replay.stats import RunStats
+from reporter.replay.windows import open_windows_source
 from reporter.runstore import Run
-from reporter.stats import RunStats
-from reporter.windows import open_windows_source
 from tests.tiny_models import save_tiny
 
 FACTORY = "tests.tiny_models:tiny_forecaster"
@@ -30,7 +30,7 @@ def tiny(tmp_path_factory):
     checkpoint, _ = save_tiny(folder)
     windows = folder / "w.npy"
     np.save(windows, np.random.default_rng(7).standard_normal((37, 9, 3)).astype(np.float32))
-    model = exposed_model_from_checkpoint(checkpoint, FACTORY, {}, False, windows)
+    model = exposed_model(ModelRecipe(checkpoint, FACTORY), open_windows_source(windows))
     return checkpoint, windows, model
 
 
@@ -66,8 +66,9 @@ def test_replay_equals_one_pass_over_the_full_traces_whatever_the_batches_and_wo
         _assert_frames_close(frames.gate_stats, expected.gate_stats)
         _assert_frames_close(frames.timestep_stats, expected.timestep_stats)
         assert result.features["window"].tolist() == list(range(37))
-        np.testing.assert_allclose(result.features[feature_names(model.layers)].to_numpy(), expected_features,
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            result.features[feature_names(model.layers)].to_numpy(), expected_features, rtol=1e-5, atol=1e-6
+        )
         np.testing.assert_allclose(result.outputs[names[0]], full[names[0]][:, -1], rtol=1e-6)
         assert result.workers == workers and result.windows_per_second > 0
 
@@ -75,8 +76,9 @@ def test_replay_equals_one_pass_over_the_full_traces_whatever_the_batches_and_wo
 def test_sampled_windows_are_fixed_random_then_most_anomalous_without_repeats():
     kept = np.arange(0, 100, 2)
     ranked = np.array([98, 0, 40, 12, 14])
-    indices, reasons = sample_windows(kept, ranked, RunSettings("m", "v", fixed_samples=3, random_samples=2,
-                                                                anomalous_samples=3))
+    indices, reasons = sample_windows(
+        kept, ranked, RunSettings("m", "v", fixed_samples=3, random_samples=2, anomalous_samples=3)
+    )
     assert indices[:3].tolist() == [0, 48, 98] and set(indices[3:5]) <= set(kept)
     assert reasons.tolist() == ["fixed"] * 3 + ["random"] * 2 + ["anomalous"] * 3
     assert len(set(indices.tolist())) == 8 and not {0, 98} & set(indices[5:].tolist())
@@ -105,8 +107,23 @@ def test_make_run_writes_a_run_directory_that_round_trips(tiny, tmp_path):
 
 
 def _replay(tmp_path, windows, *extra):
-    return main(["replay", str(tmp_path / "tiny.pt"), "--factory", FACTORY, "--windows", str(windows),
-                 "-o", str(tmp_path / "run"), "--version", "v1", "--provider", "cpu", *extra])
+    return main(
+        [
+            "replay",
+            str(tmp_path / "tiny.pt"),
+            "--factory",
+            FACTORY,
+            "--windows",
+            str(windows),
+            "-o",
+            str(tmp_path / "run"),
+            "--version",
+            "v1",
+            "--provider",
+            "cpu",
+            *extra,
+        ]
+    )
 
 
 def test_replay_command_writes_the_run_and_skips_nan_windows_on_request(tmp_path, capsys):
@@ -192,7 +209,7 @@ def test_reference_run_scores_new_windows_against_trusted_ones(tmp_path, capsys)
 
 def test_io_binding_gives_the_same_outputs_as_a_plain_run(tiny):
     """The CUDA path runs batches through IO binding; the same code runs on the CPU provider here."""
-    from reporter.replay import open_session, run_bound
+    from reporter.replay.runner import open_session, run_bound
 
     _, windows, model = tiny
     session = open_session(model.exposed.SerializeToString(), "cpu")
@@ -226,8 +243,23 @@ def test_cuda_replay_equals_cpu_replay(tiny):
 @pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="no CUDA provider here")
 def test_auto_provider_takes_the_gpu_and_says_so(tmp_path, capsys):
     checkpoint, windows = save_tiny(tmp_path)
-    assert main(["replay", str(checkpoint), "--factory", FACTORY, "--windows", str(windows), "-o",
-                 str(tmp_path / "run"), "--provider", "auto"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                str(checkpoint),
+                "--factory",
+                FACTORY,
+                "--windows",
+                str(windows),
+                "-o",
+                str(tmp_path / "run"),
+                "--provider",
+                "auto",
+            ]
+        )
+        == 0
+    )
     assert "provider: cuda (auto" in capsys.readouterr().err
     assert Run.load(tmp_path / "run").meta["provider"] == "cuda"
 
@@ -241,14 +273,31 @@ def test_outputs_that_are_not_batch_major_are_left_out(tmp_path, capsys):
 
     torch.save(tiny_with_state().state_dict(), checkpoint)
     np.save(tmp_path / "w.npy", np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32))  # B = layers
-    assert main(["replay", str(checkpoint), "--factory", "tests.tiny_models:tiny_with_state", "--windows",
-                 str(tmp_path / "w.npy"), "-o", str(tmp_path / "run"), "--provider", "cpu", "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                str(checkpoint),
+                "--factory",
+                "tests.tiny_models:tiny_with_state",
+                "--windows",
+                str(tmp_path / "w.npy"),
+                "-o",
+                str(tmp_path / "run"),
+                "--provider",
+                "cpu",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     run = Run.load(tmp_path / "run")
     assert [value.shape for value in run.outputs.values()] == [(2, 3)]
 
 
 def test_merging_shards_keeps_outputs_when_a_shard_had_no_windows(tiny, tmp_path):
-    from reporter.replay import merge_results
+    from reporter.replay.runner import merge_results
 
     _, _, model = tiny
     x = np.random.default_rng(3).standard_normal((12, 9, 3)).astype(np.float32)
@@ -269,19 +318,27 @@ def test_models_taking_double_input_get_their_windows_cast(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from reporter.expose import expose_gates
+    from reporter.model.expose import expose_gates
 
     W = numpy_helper.from_array(np.eye(3, dtype=np.float32)[None], "W")
     R = numpy_helper.from_array(0.5 * np.eye(3, dtype=np.float32)[None], "R")
-    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
-             helper.make_node("Transpose", ["xf"], ["xt"], perm=[1, 0, 2]),
-             helper.make_node("RNN", ["xt", "W", "R"], ["Y"], hidden_size=3)]
-    graph = helper.make_graph(nodes, "double", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["b", "t", 3])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["t", 1, "b", 3])], [W, R])
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["xf"], ["xt"], perm=[1, 0, 2]),
+        helper.make_node("RNN", ["xt", "W", "R"], ["Y"], hidden_size=3),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "double",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["b", "t", 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["t", 1, "b", 3])],
+        [W, R],
+    )
     exposed, layers = expose_gates(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=10))
     onnx.checker.check_model(exposed)
     windows = np.random.default_rng(0).standard_normal((4, 5, 3)).astype(np.float32)
     np.save(tmp_path / "w.npy", windows)
-    result = Replayer(exposed, layers, "cpu", workers=1).replay(open_windows_source(tmp_path / "w.npy"), 2,
-                                                               progress=False)
+    result = Replayer(exposed, layers, "cpu", workers=1).replay(
+        open_windows_source(tmp_path / "w.npy"), 2, progress=False
+    )
     assert result.stats.to_frames().gate_stats["count"].sum() == 4 * 5 * 3

@@ -10,13 +10,20 @@ import pandas as pd
 import pytest
 
 from reporter.errors import RunError
-from reporter.expose import Layer
+from reporter.layers import Layer
+from reporter.replay.stats import RunStats
 from reporter.runstore import SCHEMA_VERSION, Run
-from reporter.stats import RunStats
 
-LAYER = Layer(name="rnn.l0", kind="GRU", directions=2, hidden_size=3,
-              outputs={"z": "gr.z", "r": "gr.r", "n": "gr.n", "h": "gr.h"}, node="GRU_0", direction="bidirectional",
-              activations={"z": "Sigmoid", "r": "Sigmoid", "n": "Tanh", "h": "Tanh"})
+LAYER = Layer(
+    name="rnn.l0",
+    kind="GRU",
+    directions=2,
+    hidden_size=3,
+    outputs={"z": "gr.z", "r": "gr.r", "n": "gr.n", "h": "gr.h"},
+    node="GRU_0",
+    direction="bidirectional",
+    activations={"z": "Sigmoid", "r": "Sigmoid", "n": "Tanh", "h": "Tanh"},
+)
 
 
 def _run() -> Run:
@@ -26,17 +33,43 @@ def _run() -> Run:
     for gate in LAYER.outputs:
         stats.update(LAYER.name, gate, rng.random((5, 4, 2, 3), dtype=np.float32))
     frames = stats.to_frames()
-    scores = pd.DataFrame({"window": np.arange(5), "anomaly_score": rng.random(5), "rank": [3, 1, 5, 2, 4],
-                           "rnn.l0/z/mean": rng.random(5).astype(np.float32)})
-    explanations = pd.DataFrame({"window": [1, 1], "layer": ["rnn.l0", "rnn.l0"], "gate": ["z", "n"], "t": [2, 3],
-                                 "deviation": [3.5, 1.25]})
+    scores = pd.DataFrame(
+        {
+            "window": np.arange(5),
+            "anomaly_score": rng.random(5),
+            "rank": [3, 1, 5, 2, 4],
+            "rnn.l0/z/mean": rng.random(5).astype(np.float32),
+        }
+    )
+    explanations = pd.DataFrame(
+        {"window": [1, 1], "layer": ["rnn.l0", "rnn.l0"], "gate": ["z", "n"], "t": [2, 3], "deviation": [3.5, 1.25]}
+    )
     impulse = pd.DataFrame({"target": ["rnn.l0/h"] * 2, "lag": [0, 1], "response": [1.0, 0.5]})
-    traces = {"window": np.array([0, 3]), "reason": np.array(["fixed", "anomalous"]),
-              "rnn.l0/z": rng.random((2, 4, 2, 3)).astype(np.float16), "x": rng.random((2, 4, 6), dtype=np.float32)}
-    meta = {"schema_version": SCHEMA_VERSION, "model": "sensor <b>", "version": "v1", "n_windows": 5,
-            "export_parity_max_abs": 1.5e-7, "reference": None}
-    return Run(meta, [LAYER], frames.gate_stats, frames.timestep_stats, scores, explanations, impulse, traces,
-               {"logits": rng.random((5, 2), dtype=np.float32)})
+    traces = {
+        "window": np.array([0, 3]),
+        "reason": np.array(["fixed", "anomalous"]),
+        "rnn.l0/z": rng.random((2, 4, 2, 3)).astype(np.float16),
+        "x": rng.random((2, 4, 6), dtype=np.float32),
+    }
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "model": "sensor <b>",
+        "version": "v1",
+        "n_windows": 5,
+        "export_parity_max_abs": 1.5e-7,
+        "reference": None,
+    }
+    return Run(
+        meta,
+        [LAYER],
+        frames.gate_stats,
+        frames.timestep_stats,
+        scores,
+        explanations,
+        impulse,
+        traces,
+        {"logits": rng.random((5, 2), dtype=np.float32)},
+    )
 
 
 def _files(folder) -> dict[str, bytes]:
@@ -53,7 +86,9 @@ def test_a_run_round_trips_equal_and_rewrites_byte_identically(tmp_path):
         assert list(got.columns) == list(expected.columns)
         for column in expected.columns:
             if expected[column].dtype == object:
-                assert [np.asarray(v).tolist() for v in got[column]] == [np.asarray(v).tolist() for v in expected[column]]
+                assert [np.asarray(v).tolist() for v in got[column]] == [
+                    np.asarray(v).tolist() for v in expected[column]
+                ]
             else:
                 np.testing.assert_array_equal(got[column].to_numpy(), expected[column].to_numpy())
                 assert got[column].dtype == expected[column].dtype
@@ -71,7 +106,7 @@ def test_saving_over_a_run_replaces_it_whole_and_a_failed_save_keeps_the_old_one
     before = _files(tmp_path / "run")
     broken = _run()
     broken.impulse = "not a table"  # fails after some files are already written
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):  # pyarrow cannot read a string as a table
         broken.save(tmp_path / "run")
     assert _files(tmp_path / "run") == before
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left behind
@@ -85,13 +120,16 @@ def test_a_run_from_a_newer_schema_is_refused_with_the_upgrade_hint(tmp_path):
         Run.load(tmp_path / "run")
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda d: (d / "gate_stats.parquet").write_bytes(b"PAR1 not really"), "gate_stats.parquet: unreadable table"),
-    (lambda d: (d / "traces.npz").unlink(), "traces.npz: unreadable arrays"),
-    (lambda d: (d / "run.json").write_text("{"), "run.json: unreadable run metadata"),
-    (lambda d: (d / "run.json").write_text(json.dumps({"model": "m"})), "no schema_version"),
-    (lambda d: (d / "layers.json").write_text("[{}]"), "layers.json: unreadable layer manifest"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "gate_stats.parquet").write_bytes(b"PAR1 not really"), "gate_stats.parquet: unreadable table"),
+        (lambda d: (d / "traces.npz").unlink(), "traces.npz: unreadable arrays"),
+        (lambda d: (d / "run.json").write_text("{"), "run.json: unreadable run metadata"),
+        (lambda d: (d / "run.json").write_text(json.dumps({"model": "m"})), "no schema_version"),
+        (lambda d: (d / "layers.json").write_text("[{}]"), "layers.json: unreadable layer manifest"),
+    ],
+)
 def test_a_damaged_run_is_a_run_error_naming_the_file(tmp_path, damage, message):
     _run().save(tmp_path / "run")
     damage(tmp_path / "run")

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnxruntime as ort
 import pytest
 
 from reporter.config import load_config
-from reporter.model_source import exposed_model_from_checkpoint
+from reporter.pipeline.model_source import ModelRecipe, exposed_model
+from reporter.replay.windows import open_windows_source
+from tests.conftest import ROOT, SAMPLE_CONFIG
 
-ROOT = Path(__file__).resolve().parent.parent
-RUNS = {(run.model, run.version): run for run in load_config(ROOT / "reporter.toml").runs}
+RUNS = {(run.model, run.version): run for run in load_config(SAMPLE_CONFIG).runs}
+
+
+def exposed_sample(run):
+    """A configured sample run's checkpoint, exported and exposed with its own windows as examples."""
+    return exposed_model(ModelRecipe(run.checkpoint, run.factory, run.factory_kwargs), open_windows_source(run.windows))
 
 
 def gates(run, gate: str, count: int = 64) -> list[np.ndarray]:
     """One gate of every layer of a configured run, on its first `count` windows."""
-    source = exposed_model_from_checkpoint(run.checkpoint, run.factory, run.factory_kwargs, False, run.windows)
+    source = exposed_sample(run)
     session = ort.InferenceSession(source.exposed.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.load(run.windows)["x"][:count]
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x})))
@@ -27,7 +31,7 @@ def gates(run, gate: str, count: int = 64) -> list[np.ndarray]:
 @pytest.mark.parametrize("key", sorted(RUNS), ids=lambda k: f"{k[0]}-{k[1]}")
 def test_each_sample_run_exports_with_parity_and_exposes_every_layer(key):
     run = RUNS[key]
-    source = exposed_model_from_checkpoint(run.checkpoint, run.factory, run.factory_kwargs, False, run.windows)
+    source = exposed_sample(run)
     assert source.parity_max_abs is not None and source.parity_max_abs < 1e-4
     expected = {"forecaster": ("LSTM", 2, 1), "charlm": ("LSTM", 2, 1), "sensor_gru": ("GRU", None, 2)}[key[0]]
     kinds = {layer.kind for layer in source.layers}
@@ -52,5 +56,7 @@ def test_forecaster_windows_carry_labelled_anomalies():
 
 
 def test_sample_models_stay_small():
-    size = sum(p.stat().st_size for p in (ROOT / "sample_models").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    size = sum(
+        p.stat().st_size for p in (ROOT / "sample_models").rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
     assert size < 10 * 2**20

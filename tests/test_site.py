@@ -9,7 +9,7 @@ import pytest
 
 from reporter.config import load_config
 from reporter.errors import ReporterError
-from reporter.build import build as build_site
+from reporter.pipeline.build import build as build_site
 from tests.tiny_models import save_tiny
 
 HOSTILE = '<script>alert("x")</script> & "quotes"'
@@ -49,11 +49,14 @@ def test_names_render_as_text_not_markup(tmp_path):
 
 
 def test_chart_specs_cannot_break_out_of_their_script_tag():
-    from reporter.site import environment
+    from reporter.report.site import environment
 
     spec = {"title": "</script><script>alert(1)</script>", "data": {"values": [{"a": "<!--", "b": "&amp;"}]}}
-    html = environment().from_string('{% from "_figures.html" import figures %}{{ figures(items) }}').render(
-        items=[{"id": "x", "caption": "<b>caption</b>", "spec": spec}])
+    html = (
+        environment()
+        .from_string('{% from "_figures.html" import figures %}{{ figures(items) }}')
+        .render(items=[{"id": "x", "caption": "<b>caption</b>", "spec": spec}])
+    )
     assert "</script><script>" not in html and "<!--" not in html and "<b>" not in html
     payload = html.split('data-chart="chart-x">', 1)[1].split("</script>", 1)[0]
     assert json.loads(payload) == spec  # escaped for HTML, still the same JSON
@@ -83,8 +86,25 @@ def test_run_directories_alone_build_a_site(tmp_path, capsys):
 
     checkpoint, windows = save_tiny(tmp_path)
     for version in ("a", "b"):
-        assert main(["replay", str(checkpoint), "--factory", "tests.tiny_models:tiny_forecaster", "--windows",
-                     str(windows), "-o", str(tmp_path / version), "--version", version, "--provider", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "replay",
+                    str(checkpoint),
+                    "--factory",
+                    "tests.tiny_models:tiny_forecaster",
+                    "--windows",
+                    str(windows),
+                    "-o",
+                    str(tmp_path / version),
+                    "--version",
+                    version,
+                    "--provider",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
     assert main(["build", "--runs", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "out")]) == 0
     index = (tmp_path / "out" / "index.html").read_text()
     assert "runs/tiny-a/index.html" in index and "runs/tiny-b/index.html" in index

@@ -12,29 +12,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import reporter.timestep_stats as timestep_module
+import reporter.replay.timestep_stats as timestep_module
 from reporter.errors import ConfigError, ModelError
-from reporter.expose import Layer
-from reporter.stats import (
-    GATE_STATS_COLUMNS,
-    TIMESTEP_STATS_COLUMNS,
-    Bins,
-    GateMoments,
-    LayerStats,
-    RunStats,
-    StatsConfig,
-    TimestepStats,
-    gate_update,
-    horizon_frame,
-    memory_horizon,
-    value_family,
-)
-from reporter.timestep_stats import quantiles_from_histogram
+from reporter.layers import Layer, value_family
+from reporter.replay.gate_moments import GateMoments, StatsConfig, gate_update, memory_horizon
+from reporter.replay.stats import GATE_STATS_COLUMNS, TIMESTEP_STATS_COLUMNS, LayerStats, RunStats
+from reporter.replay.timestep_stats import Bins, TimestepStats, chunks, quantiles_from_histogram, unit_trace
 
 CONFIG = StatsConfig()
 FAMILIES = ("sigmoid", "tanh", "linear")
-LSTM = Layer("rnn.l0", "LSTM", 2, 3, {g: f"rnn.l0/{g}" for g in "ifgoch"},
-             activations={"i": "sigmoid", "f": "sigmoid", "g": "tanh", "o": "sigmoid", "c": "linear", "h": "tanh"})
+LSTM = Layer(
+    "rnn.l0",
+    "LSTM",
+    2,
+    3,
+    {g: f"rnn.l0/{g}" for g in "ifgoch"},
+    activations={"i": "sigmoid", "f": "sigmoid", "g": "tanh", "o": "sigmoid", "c": "linear", "h": "tanh"},
+)
 GRU = Layer("gru.l0", "GRU", 1, 4, {g: f"gru.l0/{g}" for g in "hnrz"})  # manifest order: sorted, as after JSON
 
 
@@ -59,6 +53,35 @@ def _trace(rng, shape, family: str) -> np.ndarray:
     return x
 
 
+def fold(accumulator: GateMoments | TimestepStats, trace: np.ndarray) -> None:
+    """Feed one batch to a standalone accumulator the way replay does: one `gate_update` pass."""
+    if isinstance(accumulator, GateMoments):
+        accumulator.fold(gate_update(trace, accumulator.bins, accumulator.low, accumulator.high)[0])
+    else:
+        accumulator.fold(gate_update(trace, accumulator.bins, 0.0, 1.0)[1])
+
+
+def timestep_reference(trace: np.ndarray, bins: Bins) -> dict[str, np.ndarray]:
+    """A second, separate computation of the per-timestep state (counts, sums, histograms): per
+    block, bin every value and count per step, without the joint (timestep, unit) histogram."""
+    x = unit_trace(trace)
+    batch, steps, units = x.shape
+    cells = bins.count + 2
+    state = {
+        "count": np.full(steps, batch * units, np.int64),
+        "total": np.zeros(steps),
+        "hist": np.zeros((steps, cells), np.int64),
+    }
+    with np.errstate(invalid="ignore", over="ignore"):
+        for bs, ts in chunks(batch, steps, units, 1):
+            xc, n_t = x[bs, ts], ts.stop - ts.start
+            keys = bins.index(xc)
+            keys += (np.arange(n_t) * cells)[:, None]
+            state["hist"][ts] += np.bincount(keys.ravel(), minlength=n_t * cells).reshape(n_t, cells)
+            state["total"][ts] += xc.sum(axis=(0, 2), dtype=np.float64)
+    return state
+
+
 def _per_unit(trace: np.ndarray) -> np.ndarray:
     """Each (direction, unit)'s values over windows and time, as float64 rows."""
     return trace.transpose(2, 3, 0, 1).reshape(trace.shape[2] * trace.shape[3], -1).astype(np.float64)
@@ -66,11 +89,18 @@ def _per_unit(trace: np.ndarray) -> np.ndarray:
 
 def _expected_moments(rows: np.ndarray, bins: Bins, low: float, high: float) -> dict[str, np.ndarray]:
     """What numpy says about each unit's values (rows of float64)."""
-    return {"count": np.full(len(rows), rows.shape[1]), "mean": rows.mean(axis=1), "std": rows.std(axis=1),
-            "min": rows.min(axis=1), "max": rows.max(axis=1), "frac_low": (rows < low).mean(axis=1),
-            "frac_high": (rows > high).mean(axis=1),
-            "hist": np.stack([np.histogram(r, bins.edges)[0] for r in rows]),
-            "hist_under": (rows < bins.lo).sum(axis=1), "hist_over": (rows > bins.hi).sum(axis=1)}
+    return {
+        "count": np.full(len(rows), rows.shape[1]),
+        "mean": rows.mean(axis=1),
+        "std": rows.std(axis=1),
+        "min": rows.min(axis=1),
+        "max": rows.max(axis=1),
+        "frac_low": (rows < low).mean(axis=1),
+        "frac_high": (rows > high).mean(axis=1),
+        "hist": np.stack([np.histogram(r, bins.edges)[0] for r in rows]),
+        "hist_under": (rows < bins.lo).sum(axis=1),
+        "hist_over": (rows > bins.hi).sum(axis=1),
+    }
 
 
 def _per_unit_result(moments: GateMoments) -> dict[str, np.ndarray]:
@@ -87,7 +117,7 @@ def test_gate_moments_equal_numpy_on_the_full_trace(family):
     bins, (low, high) = CONFIG.family_bins(family), CONFIG.thresholds(family)
     moments = GateMoments(2, 3, bins, low, high)
     for batch in batches:
-        moments.update(batch)
+        fold(moments, batch)
     got = _per_unit_result(moments)
     want = _expected_moments(np.concatenate([_per_unit(b) for b in batches], axis=1), bins, low, high)
     for key in ("count", "min", "max", "frac_low", "frac_high", "hist", "hist_under", "hist_over"):
@@ -100,8 +130,14 @@ def test_histogram_is_exact_at_every_edge_and_beyond_the_range():
     for family in FAMILIES:
         bins = CONFIG.family_bins(family)
         edges = bins.edges.astype(np.float32)
-        x = np.concatenate([edges, np.nextafter(edges, np.float32(-np.inf)), np.nextafter(edges, np.float32(np.inf)),
-                            [-1e-30, 1e-30, -1e-45, 0.0, -0.0, np.inf, -np.inf, 3e38, -3e38]]).astype(np.float32)
+        x = np.concatenate(
+            [
+                edges,
+                np.nextafter(edges, np.float32(-np.inf)),
+                np.nextafter(edges, np.float32(np.inf)),
+                [-1e-30, 1e-30, -1e-45, 0.0, -0.0, np.inf, -np.inf, 3e38, -3e38],
+            ]
+        ).astype(np.float32)
         cells = np.bincount(bins.index(x), minlength=bins.count + 2)
         finite = x[np.isfinite(x)].astype(np.float64)
         assert np.array_equal(cells[1:-1], np.histogram(finite, bins.edges)[0]), family
@@ -112,7 +148,7 @@ def test_nan_counts_as_overflow_and_propagates_to_moments():
     trace = np.full((2, 3, 1, 2), 0.5, np.float32)
     trace[0, 1, 0, 0] = np.nan
     moments = GateMoments(1, 2, CONFIG.family_bins("sigmoid"), 0.1, 0.9)
-    moments.update(trace)
+    fold(moments, trace)
     r = moments.result()
     assert np.isnan(r["mean"][0, 0]) and np.isnan(r["max"][0, 0]) and r["hist_over"][0, 0] == 1
     assert r["mean"][0, 1] == 0.5 and r["hist_over"][0, 1] == 0
@@ -122,7 +158,7 @@ def test_saturation_thresholds_compare_as_real_numbers_not_as_float32():
     below, above = np.nextafter(np.float32(0.9), np.float32(0)), np.float32(0.9)  # float32(0.9) < 0.9
     trace = np.array([below, above, np.float32(0.1), np.nextafter(np.float32(0.1), np.float32(0))], np.float32)
     moments = GateMoments(1, 1, CONFIG.family_bins("sigmoid"), 0.1, 0.9)
-    moments.update(trace.reshape(1, 4, 1, 1))
+    fold(moments, trace.reshape(1, 4, 1, 1))
     r = moments.result()
     assert r["frac_high"][0, 0] == 0.0  # neither float32 value is above the real 0.9
     assert r["frac_low"][0, 0] == 0.25  # float32(0.1) > 0.1, the one below it is < 0.1
@@ -135,7 +171,7 @@ def test_timestep_stats_equal_numpy_means_and_quantiles_within_one_bin(family):
     bins = CONFIG.family_bins(family)
     trace = np.clip(_trace(rng, (40, 6, 2, 3), family), bins.lo, bins.hi)  # quantiles in range
     standalone = TimestepStats(bins)
-    standalone.update(trace)
+    standalone.fold(timestep_reference(trace, bins))
     fused = gate_update(trace, bins, *CONFIG.thresholds(family))[1]
     assert np.array_equal(fused["hist"], standalone.state()["hist"])
     result = standalone.result()
@@ -148,8 +184,11 @@ def test_timestep_stats_equal_numpy_means_and_quantiles_within_one_bin(family):
 
 
 @settings(max_examples=60, deadline=None)
-@given(values=hnp.arrays(np.float32, st.integers(1, 60), elements=st.floats(-1, 1, width=32)),
-       q=st.floats(0, 1), bin_count=st.sampled_from([2, 8, 64]))
+@given(
+    values=hnp.arrays(np.float32, st.integers(1, 60), elements=st.floats(-1, 1, width=32)),
+    q=st.floats(0, 1),
+    bin_count=st.sampled_from([2, 8, 64]),
+)
 def test_histogram_quantile_is_within_one_bin_width_of_numpy(values, q, bin_count):
     bins = Bins(-1.0, 1.0, bin_count)
     cells = np.bincount(bins.index(values), minlength=bin_count + 2)
@@ -160,14 +199,14 @@ def test_histogram_quantile_is_within_one_bin_width_of_numpy(values, q, bin_coun
 def test_timestep_arrays_grow_with_longer_windows_and_never_truncate():
     bins = CONFIG.family_bins("sigmoid")
     stats = TimestepStats(bins)
-    stats.update(np.full((2, 3, 1, 2), 0.25, np.float32))
-    stats.update(np.full((1, 5, 1, 2), 0.75, np.float32))
-    stats.update(np.full((4, 2, 1, 2), 0.25, np.float32))
+    fold(stats, np.full((2, 3, 1, 2), 0.25, np.float32))
+    fold(stats, np.full((1, 5, 1, 2), 0.75, np.float32))
+    fold(stats, np.full((4, 2, 1, 2), 0.25, np.float32))
     r = stats.result()
     assert np.array_equal(r["count"], [14, 14, 6, 2, 2])
     np.testing.assert_allclose(r["mean"], [(12 * 0.25 + 2 * 0.75) / 14] * 2 + [(4 * 0.25 + 2 * 0.75) / 6, 0.75, 0.75])
     shorter = TimestepStats(bins)
-    shorter.update(np.full((1, 1, 1, 2), 0.5, np.float32))
+    fold(shorter, np.full((1, 1, 1, 2), 0.5, np.float32))
     assert np.array_equal(shorter.merge(stats).result()["count"], [16, 14, 6, 2, 2])
     assert np.array_equal(stats.merge(shorter).result()["count"], [16, 14, 6, 2, 2])
 
@@ -191,8 +230,7 @@ def _assert_same_stats(a: RunStats, b: RunStats) -> None:
         for column in ours.columns:
             x, y = ours[column], theirs[column]
             if column in ("mean", "std", "p05", "p25", "p50", "p75", "p95"):
-                np.testing.assert_allclose(x.to_numpy(float), y.to_numpy(float), rtol=1e-6, atol=1e-12,
-                                           err_msg=column)
+                np.testing.assert_allclose(x.to_numpy(float), y.to_numpy(float), rtol=1e-6, atol=1e-12, err_msg=column)
             else:
                 assert x.tolist() == y.tolist(), column
 
@@ -204,8 +242,11 @@ _VALUES = st.one_of(st.floats(-5, 5, width=32), st.sampled_from([0.0, 1.0, -1.0,
 @given(data=st.data(), windows=st.integers(1, 10), steps=st.integers(1, 5))
 def test_merging_shards_in_any_order_and_grouping_equals_one_pass(data, windows, steps):
     shapes = {layer.name: (windows, steps, layer.directions, layer.hidden_size) for layer in (LSTM, GRU)}
-    traces = {(layer.name, gate): data.draw(hnp.arrays(np.float32, shapes[layer.name], elements=_VALUES))
-              for layer in (LSTM, GRU) for gate in layer.outputs}
+    traces = {
+        (layer.name, gate): data.draw(hnp.arrays(np.float32, shapes[layer.name], elements=_VALUES))
+        for layer in (LSTM, GRU)
+        for gate in layer.outputs
+    }
     one_pass = RunStats([LSTM, GRU])
     for (name, gate), trace in traces.items():
         one_pass.update(name, gate, trace)
@@ -230,8 +271,11 @@ def test_state_round_trip_and_merging_an_empty_accumulator_is_identity():
     leaves = [v for layer in state.values() for gate in layer.values() for acc in gate.values() for v in acc.values()]
     assert leaves and all(type(v) is np.ndarray for v in leaves)
     frames = stats.to_frames()
-    for other in (RunStats.from_state([LSTM, GRU], state), stats.merge(RunStats([LSTM, GRU])),
-                  RunStats([LSTM, GRU]).merge(stats)):
+    for other in (
+        RunStats.from_state([LSTM, GRU], state),
+        stats.merge(RunStats([LSTM, GRU])),
+        RunStats([LSTM, GRU]).merge(stats),
+    ):
         for ours, theirs in zip(other.to_frames(), frames):
             assert ours.equals(theirs)
     state["rnn.l0"]["f"]["moments"]["count"][:] = 0  # a state is a copy, not a view into the accumulator
@@ -260,10 +304,11 @@ def test_memory_horizon_known_values_and_edges():
     assert np.isnan(memory_horizon(1.5)[0]) and np.isnan(memory_horizon(-0.1)[1])
 
 
-def test_horizon_frame_reads_the_mean_keep_gate_per_unit():
-    moments = GateMoments(1, 2, CONFIG.family_bins("sigmoid"), 0.1, 0.9)
-    moments.update(np.array([0.5, 1.0], np.float32).reshape(1, 1, 1, 2))
-    frame = horizon_frame(moments.result())
+def test_horizon_reads_the_mean_keep_gate_per_unit():
+    layer = Layer("rnn.l0", "LSTM", 1, 2, {"f": "rnn.l0/f"})
+    stats = LayerStats(layer)
+    stats.update("f", np.array([0.5, 1.0], np.float32).reshape(1, 1, 1, 2))
+    frame = stats.gate_frame()
     assert frame["half_life"].tolist() == [pytest.approx(1.0), np.inf]
 
 
@@ -305,6 +350,7 @@ def test_frames_are_byte_identical_as_parquet_across_runs():
             for gate in layer.outputs:
                 stats.update(layer.name, gate, _trace(rng, (2, 3, layer.directions, layer.hidden_size), "linear"))
         return stats
+
     for ours, theirs in zip(run().to_frames(), run().to_frames()):
         assert _parquet_bytes(ours) == _parquet_bytes(theirs)
 

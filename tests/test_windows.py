@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pandas as pd
 import pytest
 import torch
 from onnx import TensorProto, helper
 
-from reporter.errors import WindowsError_
-from reporter.windows import ModelInput, open_windows_source
+from reporter.errors import WindowsFileError
+from reporter.model.inputs import ModelInput, onnx_input
+from reporter.replay.windows import open_windows_source
 
 
 def _series(n=7, t=5, f=3, seed=0):
@@ -68,14 +68,20 @@ def test_token_windows_are_int64_and_range_checked(tmp_path):
     assert source.kind == "tokens" and source.features is None and source.token_range == (ids.min(), ids.max())
     np.testing.assert_array_equal(_all(source)[1], ids.astype(np.int64))
     source.check(ModelInput("x", "tokens", vocab=50))
-    with pytest.raises(WindowsError_, match=r"t\.npy: token ids must lie in \[0, 39\].*from 0 to 49"):
+    with pytest.raises(WindowsFileError, match=r"t\.npy: token ids must lie in \[0, 39\].*from 0 to 49"):
         source.check(ModelInput("x", "tokens", vocab=40))
 
 
 @pytest.mark.parametrize("suffix", ["parquet", "csv"])
 def test_tables_are_cut_into_sliding_windows(tmp_path, suffix):
-    frame = pd.DataFrame({"time": pd.date_range("2026-01-01", periods=20, freq="h"),
-                          "a": np.arange(20, dtype=float), "b": np.arange(20, dtype=float) * 10, "c": 1.0})
+    frame = pd.DataFrame(
+        {
+            "time": pd.date_range("2026-01-01", periods=20, freq="h"),
+            "a": np.arange(20, dtype=float),
+            "b": np.arange(20, dtype=float) * 10,
+            "c": 1.0,
+        }
+    )
     path = tmp_path / f"table.{suffix}"
     frame.to_parquet(path) if suffix == "parquet" else frame.to_csv(path, index=False)
     source = open_windows_source(path, window=6, stride=4, columns=["a", "b"])
@@ -85,14 +91,14 @@ def test_tables_are_cut_into_sliding_windows(tmp_path, suffix):
     np.testing.assert_array_equal(windows[2, :, 1], np.arange(8, 14) * 10)
     every_numeric = open_windows_source(path, window=5)  # stride defaults to the window: no overlap
     assert every_numeric.shape == (4, 5, 3)
-    with pytest.raises(WindowsError_, match=rf"table\.{suffix}: a table needs --window"):
+    with pytest.raises(WindowsFileError, match=rf"table\.{suffix}: a table needs --window"):
         open_windows_source(path)
-    with pytest.raises(WindowsError_, match=rf"table\.{suffix}: no column 'z'; it has time, a, b, c"):
+    with pytest.raises(WindowsFileError, match=rf"table\.{suffix}: no column 'z'; it has time, a, b, c"):
         open_windows_source(path, window=5, columns=["a", "z"])
-    with pytest.raises(WindowsError_, match="fewer than one window of 50"):
+    with pytest.raises(WindowsFileError, match="fewer than one window of 50"):
         open_windows_source(path, window=50)
     if suffix == "csv":
-        with pytest.raises(WindowsError_, match="column 'time' is not numeric"):
+        with pytest.raises(WindowsFileError, match="column 'time' is not numeric"):
             open_windows_source(path, window=5, columns=["time"])
 
 
@@ -101,8 +107,11 @@ def test_nan_is_an_error_naming_count_and_place_or_is_skipped(tmp_path):
     x[2, 3, 1] = np.nan
     x[7, 0, 0] = np.inf
     np.save(tmp_path / "w.npy", x)
-    with pytest.raises(WindowsError_, match=r"w\.npy: 2 of 10 windows hold NaN or Inf \(windows 2, 7; first at "
-                                            r"window 2, step 3, feature 1\); fix them or pass --nan skip"):
+    with pytest.raises(
+        WindowsFileError,
+        match=r"w\.npy: 2 of 10 windows hold NaN or Inf \(windows 2, 7; first at "
+        r"window 2, step 3, feature 1\); fix them or pass --nan skip",
+    ):
         open_windows_source(tmp_path / "w.npy")
     source = open_windows_source(tmp_path / "w.npy", nan="skip")
     assert source.n_windows == 8 and source.skipped.tolist() == [2, 7]
@@ -112,16 +121,16 @@ def test_nan_is_an_error_naming_count_and_place_or_is_skipped(tmp_path):
     assert np.isfinite(windows).all()
     x[:] = np.nan
     np.save(tmp_path / "w.npy", x)
-    with pytest.raises(WindowsError_, match="every one of its 10 windows holds NaN"):
+    with pytest.raises(WindowsFileError, match="every one of its 10 windows holds NaN"):
         open_windows_source(tmp_path / "w.npy", nan="skip")
 
 
 def test_missing_npz_key_lists_what_is_there(tmp_path):
     np.savez(tmp_path / "w.npz", a=np.zeros(3), b=np.ones(2))
-    with pytest.raises(WindowsError_, match=r"w\.npz: no array named 'x'; it has a, b \(choose with --key\)"):
+    with pytest.raises(WindowsFileError, match=r"w\.npz: no array named 'x'; it has a, b \(choose with --key\)"):
         open_windows_source(tmp_path / "w.npz")
     torch.save({"inputs": torch.zeros(2, 3, 1)}, tmp_path / "w.pt")
-    with pytest.raises(WindowsError_, match=r"w\.pt: no tensor named 'x'; it has inputs"):
+    with pytest.raises(WindowsFileError, match=r"w\.pt: no tensor named 'x'; it has inputs"):
         open_windows_source(tmp_path / "w.pt")
 
 
@@ -129,26 +138,26 @@ def test_missing_npz_key_lists_what_is_there(tmp_path):
 @pytest.mark.parametrize("content", [b"\x93NUMPY garbage", b"random bytes" * 10, bytes(range(256)) * 4])
 def test_garbage_files_are_clear_errors(tmp_path, name, content):
     (tmp_path / name).write_bytes(content)
-    with pytest.raises(WindowsError_, match=name.replace(".", r"\.") + ": (not a readable|refused|truncated)"):
+    with pytest.raises(WindowsFileError, match=name.replace(".", r"\.") + ": (not a readable|refused|truncated)"):
         open_windows_source(tmp_path / name, window=2)
 
 
 def test_empty_missing_truncated_pickled_and_unknown_files(tmp_path):
     (tmp_path / "e.npy").write_bytes(b"")
-    with pytest.raises(WindowsError_, match=r"e\.npy: is empty"):
+    with pytest.raises(WindowsFileError, match=r"e\.npy: is empty"):
         open_windows_source(tmp_path / "e.npy")
-    with pytest.raises(WindowsError_, match=r"nope\.npy: no such file"):
+    with pytest.raises(WindowsFileError, match=r"nope\.npy: no such file"):
         open_windows_source(tmp_path / "nope.npy")
     np.save(tmp_path / "t.npy", _series(n=50))
     data = (tmp_path / "t.npy").read_bytes()
     (tmp_path / "t.npy").write_bytes(data[: len(data) // 2])
-    with pytest.raises(WindowsError_, match=r"t\.npy: truncated"):
+    with pytest.raises(WindowsFileError, match=r"t\.npy: truncated"):
         open_windows_source(tmp_path / "t.npy")
     np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(WindowsError_, match=r"o\.npy: holds Python objects"):
+    with pytest.raises(WindowsFileError, match=r"o\.npy: holds Python objects"):
         open_windows_source(tmp_path / "o.npy")
     (tmp_path / "w.txt").write_text("1 2 3")
-    with pytest.raises(WindowsError_, match=r"w\.txt: unsupported windows format '\.txt'"):
+    with pytest.raises(WindowsFileError, match=r"w\.txt: unsupported windows format '\.txt'"):
         open_windows_source(tmp_path / "w.txt")
 
 
@@ -162,7 +171,7 @@ def test_rank_dtype_and_empty_checks(tmp_path):
     ]
     for array, message in cases:
         np.save(tmp_path / "w.npy", array)
-        with pytest.raises(WindowsError_, match=r"w\.npy: " + message):
+        with pytest.raises(WindowsFileError, match=r"w\.npy: " + message):
             open_windows_source(tmp_path / "w.npy")
 
 
@@ -172,31 +181,38 @@ def _model(elem_type, shape, vocab=None):
     if vocab:
         table = helper.make_tensor("emb", TensorProto.FLOAT, [vocab, 2], [0.0] * vocab * 2)
         node = helper.make_node("Gather", ["emb", "x"], ["y"])
-        return helper.make_model(helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info(
-            "y", TensorProto.FLOAT, None)], [table]))
+        return helper.make_model(
+            helper.make_graph(
+                [node], "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [table]
+            )
+        )
     node = helper.make_node("Identity", ["x"], ["y"])
-    return helper.make_model(helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info(
-        "y", elem_type, None)]))
+    return helper.make_model(
+        helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("y", elem_type, None)])
+    )
 
 
 def test_model_input_is_read_from_the_graph_and_checked(tmp_path):
-    float_input = ModelInput.from_onnx(_model(TensorProto.FLOAT, ["batch", "time", 3]))
+    float_input = onnx_input(_model(TensorProto.FLOAT, ["batch", "time", 3]))
     assert float_input == ModelInput("x", "float", features=3, steps=None)
-    fixed = ModelInput.from_onnx(_model(TensorProto.FLOAT, ["batch", 12, 3]))
-    token_input = ModelInput.from_onnx(_model(TensorProto.INT64, ["batch", "time"], vocab=98))
+    fixed = onnx_input(_model(TensorProto.FLOAT, ["batch", 12, 3]))
+    token_input = onnx_input(_model(TensorProto.INT64, ["batch", "time"], vocab=98))
     assert token_input == ModelInput("x", "tokens", vocab=98)
     np.save(tmp_path / "w.npy", _series(f=5))
     source = open_windows_source(tmp_path / "w.npy")
-    with pytest.raises(WindowsError_, match=r"w\.npy: expected 3 features per step, got 5"):
+    with pytest.raises(WindowsFileError, match=r"w\.npy: expected 3 features per step, got 5"):
         source.check(float_input)
-    with pytest.raises(WindowsError_, match=r"w\.npy: the model takes windows of 12 steps, got 5"):
+    with pytest.raises(WindowsFileError, match=r"w\.npy: the model takes windows of 12 steps, got 5"):
         source.check(ModelInput("x", "float", features=5, steps=12))
-    with pytest.raises(WindowsError_, match=r"w\.npy: the model takes integer token ids \[N, T\], these windows are "
-                                            r"float with shape \[7, 5, 5\]"):
+    with pytest.raises(
+        WindowsFileError,
+        match=r"w\.npy: the model takes integer token ids \[N, T\], these windows are "
+        r"float with shape \[7, 5, 5\]",
+    ):
         source.check(token_input)
     assert fixed.steps == 12
-    with pytest.raises(WindowsError_, match="input 'x' has element type STRING"):
-        ModelInput.from_onnx(_model(TensorProto.STRING, ["batch", "time"]))
+    with pytest.raises(WindowsFileError, match="input 'x' has element type STRING"):
+        onnx_input(_model(TensorProto.STRING, ["batch", "time"]))
 
 
 def test_a_single_integer_table_column_is_a_token_stream(tmp_path):
@@ -210,7 +226,9 @@ def test_float64_values_beyond_float32_count_as_inf(tmp_path):
     x = np.zeros((3, 4, 2))
     x[1, 2, 0] = 1e39  # finite as float64, inf once cast to the float32 the model takes
     np.save(tmp_path / "big.npy", x)
-    with pytest.raises(WindowsError_, match=r"1 of 3 windows hold NaN or Inf \(windows 1; first at window 1, step 2"):
+    with pytest.raises(
+        WindowsFileError, match=r"1 of 3 windows hold NaN or Inf \(windows 1; first at window 1, step 2"
+    ):
         open_windows_source(tmp_path / "big.npy")
 
 

@@ -19,9 +19,28 @@ import torch
 from sample_models.charlm.model import VOCAB, build, encode, write_vocab
 
 HERE = Path(__file__).resolve().parent
-TRAIN_FILES = ("argparse.py", "ast.py", "calendar.py", "csv.py", "dataclasses.py", "difflib.py", "enum.py",
-               "fractions.py", "functools.py", "heapq.py", "inspect.py", "json/decoder.py", "json/encoder.py",
-               "pathlib.py", "pprint.py", "shutil.py", "statistics.py", "string.py", "textwrap.py", "typing.py")
+TRAIN_FILES = (
+    "argparse.py",
+    "ast.py",
+    "calendar.py",
+    "csv.py",
+    "dataclasses.py",
+    "difflib.py",
+    "enum.py",
+    "fractions.py",
+    "functools.py",
+    "heapq.py",
+    "inspect.py",
+    "json/decoder.py",
+    "json/encoder.py",
+    "pathlib.py",
+    "pprint.py",
+    "shutil.py",
+    "statistics.py",
+    "string.py",
+    "textwrap.py",
+    "typing.py",
+)
 HELD_OUT_FILES = ("bisect.py", "copy.py", "glob.py", "queue.py", "random.py", "tempfile.py")
 SEQ, BATCH, STEPS = 100, 64, 700
 
@@ -55,7 +74,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(11)
     for step in range(1, STEPS + 1):
         starts = torch.randint(0, len(train_ids) - SEQ - 1, (BATCH,), generator=generator)
-        batch = torch.stack([train_ids[s:s + SEQ + 1] for s in starts.tolist()])
+        batch = torch.stack([train_ids[s : s + SEQ + 1] for s in starts.tolist()])
         loss = torch.nn.functional.cross_entropy(model(batch[:, :-1]).reshape(-1, len(VOCAB)), batch[:, 1:].reshape(-1))
         optimiser.zero_grad()
         loss.backward()
@@ -69,8 +88,8 @@ def main() -> None:
     write_vocab(HERE / "vocab.json")
     rng = np.random.default_rng(11)
     starts = np.sort(rng.choice(len(held_ids) - SEQ, size=500, replace=False))
-    x = np.stack([held_ids[s:s + SEQ].numpy() for s in starts]).astype(np.int64)
-    text = np.array([held_text[s:s + SEQ] for s in starts])
+    x = np.stack([held_ids[s : s + SEQ].numpy() for s in starts]).astype(np.int64)
+    text = np.array([held_text[s : s + SEQ] for s in starts])
     np.savez_compressed(HERE / "windows.npz", x=x, text=text)
 
 

@@ -42,8 +42,8 @@ def set_forget_bias(model: Forecaster, value: float) -> None:
     rnn, h = model.rnn, model.rnn.hidden_size
     with torch.no_grad():
         for k in range(rnn.num_layers):
-            getattr(rnn, f"bias_ih_l{k}")[h:2 * h].fill_(value)
-            getattr(rnn, f"bias_hh_l{k}")[h:2 * h].fill_(0.0)
+            getattr(rnn, f"bias_ih_l{k}")[h : 2 * h].fill_(value)
+            getattr(rnn, f"bias_hh_l{k}")[h : 2 * h].fill_(0.0)
 
 
 def build(features: int = 3, hidden: int = 32, layers: int = 2) -> Forecaster:

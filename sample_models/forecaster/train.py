@@ -30,15 +30,19 @@ def sensor_series(rng: np.random.Generator, steps: int = STEPS) -> np.ndarray:
     volatility = np.array([0.15, 0.35, 0.25])[regimes]
     for k in range(FEATURES):
         phase = rng.uniform(0, 2 * np.pi)
-        series[:, k] = (0.00002 * (k + 1) * t + np.sin(2 * np.pi * t / 24 + phase) * (1.0 + 0.3 * k)
-                        + 0.5 * np.sin(2 * np.pi * t / 168 + phase) + level * (1 - 0.3 * k)
-                        + volatility * rng.standard_normal(steps))
+        series[:, k] = (
+            0.00002 * (k + 1) * t
+            + np.sin(2 * np.pi * t / 24 + phase) * (1.0 + 0.3 * k)
+            + 0.5 * np.sin(2 * np.pi * t / 168 + phase)
+            + level * (1 - 0.3 * k)
+            + volatility * rng.standard_normal(steps)
+        )
     return series
 
 
 def windows_from(series: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Cut [N, WINDOW, FEATURES] windows at the given start indices."""
-    return np.stack([series[s:s + WINDOW] for s in starts]).astype(np.float32)
+    return np.stack([series[s : s + WINDOW] for s in starts]).astype(np.float32)
 
 
 def inject(window: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -47,7 +51,7 @@ def inject(window: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarra
     start = int(rng.integers(16, WINDOW - 16))
     channel = int(rng.integers(0, FEATURES))
     if kind == "spike":
-        w[start:start + 2, channel] += rng.choice([-1, 1]) * 8.0
+        w[start : start + 2, channel] += rng.choice([-1, 1]) * 8.0
     elif kind == "level_shift":
         w[start:, channel] += rng.choice([-1, 1]) * 5.0
     elif kind == "flatline":
@@ -56,7 +60,7 @@ def inject(window: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarra
         t = np.arange(WINDOW - start)
         w[start:, channel] = w[start:, channel].mean() + 2.5 * np.sin(2 * np.pi * t / 4)
     elif kind == "noise_burst":
-        w[start:start + 20, :] += 2.5 * rng.standard_normal((min(20, WINDOW - start), FEATURES))
+        w[start : start + 20, :] += 2.5 * rng.standard_normal((min(20, WINDOW - start), FEATURES))
     return w
 
 
@@ -134,8 +138,12 @@ def main() -> None:
         model.eval()
         normal = held_out[labels == 0]
         with torch.no_grad():
-            mse = float(torch.nn.functional.mse_loss(model(torch.from_numpy(normal[:, :-1])), torch.from_numpy(normal[:, 1:])))
-        print(f"  held-out MSE (normal windows) {mse:.4f}; mean forget gate {mean_forget_gate(model, normal[:256]):.3f}")
+            mse = float(
+                torch.nn.functional.mse_loss(model(torch.from_numpy(normal[:, :-1])), torch.from_numpy(normal[:, 1:]))
+            )
+        print(
+            f"  held-out MSE (normal windows) {mse:.4f}; mean forget gate {mean_forget_gate(model, normal[:256]):.3f}"
+        )
         torch.save(model.state_dict(), HERE / f"{version}.pt")
 
 

@@ -32,7 +32,9 @@ def windows(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         for c in range(CHANNELS):
             phase = rng.uniform(0, 2 * np.pi)
             harmonic = 0.3 * np.sin(4 * np.pi * freq * t + phase) if c % 2 else 0.0
-            x[k, :, c] = amp * (0.6 + 0.4 * (c % 3)) * np.sin(2 * np.pi * freq * t + phase) * (freq > 0) + harmonic * amp
+            x[k, :, c] = (
+                amp * (0.6 + 0.4 * (c % 3)) * np.sin(2 * np.pi * freq * t + phase) * (freq > 0) + harmonic * amp
+            )
             x[k, :, c] += noise * rng.standard_normal(T) + (0.98 if c == 2 else 0.0)  # gravity on z
     return x, labels.astype(np.int8)
 

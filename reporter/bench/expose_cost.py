@@ -1,0 +1,240 @@
+"""`gate-report bench`: what exposing gates costs, as ratios measured in one run.
+
+Every figure is a ratio against a baseline timed in the same process, interleaved run by run
+(A, B, C, A, B, C, …) and summarised by the median, so a busy machine slows all sides alike.
+Nothing here is asserted in tests: speed is reported, never a pass/fail condition.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from reporter.layers import GATES
+from reporter.model.expose import expose_gates
+
+__all__ = ["BenchRow", "time_interleaved", "bench_builtin", "bench_onnx", "capture_gates_torch", "format_rows"]
+
+THREADS = 2
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One measured case: median seconds per batch of each contender, and the ratios that matter."""
+
+    case: str
+    fused_s: float  # the unmodified ONNX model: one session, 2 threads
+    exposed_s: float  # the gate-exposed model: one session, 2 threads
+    torch_loop_s: float | None  # gates captured by a PyTorch loop over cell steps, 2 threads
+    fused_pair_s: float | None = None  # per batch, two 1-thread sessions on two batches at once
+    exposed_pair_s: float | None = None
+
+    @property
+    def overhead(self) -> float:
+        """Exposed ÷ fused, one 2-thread session each: what seeing every gate costs (goal ≤ 1.3)."""
+        return self.exposed_s / self.fused_s
+
+    @property
+    def overhead_pair(self) -> float | None:
+        """Exposed ÷ fused when each core runs its own batch (how replay runs): goal ≤ 1.3."""
+        return None if self.exposed_pair_s is None else self.exposed_pair_s / self.fused_pair_s
+
+    @property
+    def speedup_vs_torch(self) -> float | None:
+        """Torch loop ÷ exposed: how much faster than capturing gates by hand (goal ≥ 2)."""
+        return None if self.torch_loop_s is None else self.torch_loop_s / self.exposed_s
+
+
+def time_interleaved(contenders: dict[str, Callable[[], object]], repeats: int = 7) -> dict[str, float]:
+    """Median wall time of each callable, run in turn so background load hits all equally."""
+    for fn in contenders.values():  # warm-up: allocator, thread pools, lazy init
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def batch_pair(model: onnx.ModelProto, feed: dict) -> Callable[[], None]:
+    """Run two batches at once on two 1-thread sessions (onnxruntime releases the GIL)."""
+    sessions = [session(model, threads=1) for _ in range(THREADS)]
+    pool = ThreadPoolExecutor(max_workers=THREADS)
+
+    def run_pair() -> None:
+        for future in [pool.submit(s.run, None, feed) for s in sessions]:
+            future.result()
+
+    return run_pair
+
+
+def session(model: onnx.ModelProto, threads: int = THREADS) -> ort.InferenceSession:
+    """A CPU onnxruntime session limited to `threads` threads."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def capture_gates_torch(rnn: torch.nn.LSTM | torch.nn.GRU, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The way users capture gates today: a Python loop over cell steps, one layer at a time."""
+    gates: dict[str, torch.Tensor] = {}
+    layer_input = x if rnn.batch_first else x.transpose(0, 1)
+    batch, steps = layer_input.shape[:2]
+    for layer in range(rnn.num_layers):
+        w_ih, w_hh, b_ih, b_hh = (
+            getattr(rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )
+        h = layer_input.new_zeros(batch, rnn.hidden_size)
+        c = torch.zeros_like(h)
+        per_step = []
+        for t in range(steps):
+            xi, hh = (
+                torch.nn.functional.linear(layer_input[:, t], w_ih, b_ih),
+                torch.nn.functional.linear(h, w_hh, b_hh),
+            )
+            if isinstance(rnn, torch.nn.LSTM):
+                i, f, g, o = (xi + hh).chunk(4, dim=1)
+                i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+                c = f * c + i * g
+                h = o * torch.tanh(c)
+                per_step.append(torch.stack([i, f, g, o, c, h]))
+            else:
+                xr, xz, xn = xi.chunk(3, dim=1)
+                hr, hz, hn = hh.chunk(3, dim=1)
+                r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+                n = torch.tanh(xn + r * hn)
+                h = (1 - z) * n + z * h
+                per_step.append(torch.stack([z, r, n, h]))
+        stacked = torch.stack(per_step, dim=2)  # [gate, B, T, H]
+        names = GATES["LSTM" if isinstance(rnn, torch.nn.LSTM) else "GRU"]
+        for k, name in enumerate(names):
+            gates[f"l{layer}.{name}"] = stacked[k]
+        layer_input = stacked[-1]
+    return gates
+
+
+def _export_for_bench(module: torch.nn.Module, x: torch.Tensor) -> onnx.ModelProto:
+    """Export a bare recurrent module (legacy exporter: one fused node per layer)."""
+    import io
+    import warnings
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (x[:2],), buffer, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch", 1: "time"}}
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _onnx_contenders(fused: onnx.ModelProto, exposed: onnx.ModelProto, feed: dict) -> dict[str, Callable[[], object]]:
+    """The fused and the exposed model, each as one 2-thread session and as two 1-thread sessions."""
+    s_fused, s_exposed = session(fused), session(exposed)
+    return {
+        "fused": lambda: s_fused.run(None, feed),
+        "exposed": lambda: s_exposed.run(None, feed),
+        "fused_pair": batch_pair(fused, feed),
+        "exposed_pair": batch_pair(exposed, feed),
+    }
+
+
+def _row(case: str, t: dict[str, float]) -> BenchRow:
+    """A case's medians as a row (the pairs ran two batches at once: per batch, half their time)."""
+    return BenchRow(
+        case, t["fused"], t["exposed"], t.get("torch"), t["fused_pair"] / THREADS, t["exposed_pair"] / THREADS
+    )
+
+
+def _builtin_case(
+    kind: str, batch: int, steps: int, input_size: int, hidden: int, layers: int, repeats: int
+) -> BenchRow:
+    """One reference case: a torch LSTM or GRU, exported, exposed and timed against its cell loop."""
+    torch.manual_seed(0)
+    rnn = getattr(torch.nn, kind)(input_size, hidden, num_layers=layers, batch_first=True).eval()
+    x = torch.randn(batch, steps, input_size)
+    fused = _export_for_bench(rnn, x)
+    exposed, _ = expose_gates(fused)
+
+    def torch_loop():
+        with torch.no_grad():
+            return capture_gates_torch(rnn, x)
+
+    t = time_interleaved({**_onnx_contenders(fused, exposed, {"x": x.numpy()}), "torch": torch_loop}, repeats)
+    return _row(f"{layers}-layer {kind}, in {input_size}, hidden {hidden}, {batch}×{steps}", t)
+
+
+def bench_builtin(
+    kinds=("LSTM", "GRU"),
+    batch: int = 256,
+    steps: int = 100,
+    input_size: int = 16,
+    hidden: int = 128,
+    layers: int = 2,
+    repeats: int = 7,
+) -> list[BenchRow]:
+    """The reference cases of the issue: 2-layer LSTM and GRU, 256 windows × 100 steps, 2 threads."""
+    torch.set_num_threads(THREADS)
+    return [_builtin_case(kind, batch, steps, input_size, hidden, layers, repeats) for kind in kinds]
+
+
+def bench_onnx(model: onnx.ModelProto, windows: np.ndarray, case: str, repeats: int = 7) -> BenchRow:
+    """Fused vs exposed for a user's own model on a batch of its windows."""
+    exposed, _ = expose_gates(model)
+    feed = {model.graph.input[0].name: windows}
+    return _row(case, time_interleaved(_onnx_contenders(model, exposed, feed), repeats))
+
+
+def format_rows(rows: list[BenchRow]) -> str:
+    """A plain-text table: median milliseconds per batch and the ratios, with their goals."""
+
+    def ms(value: float | None) -> str:
+        return "—" if value is None else f"{value * 1e3:.1f}"
+
+    def ratio(value: float | None) -> str:
+        return "—" if value is None else f"{value:.2f}×"
+
+    header = [
+        ("case", 44),
+        ("fused", 8),
+        ("exposed", 8),
+        ("torch loop", 10),
+        ("exposed/fused", 14),
+        ("fused 2×1", 10),
+        ("exposed 2×1", 12),
+        ("exposed/fused", 14),
+        ("torch/exposed", 14),
+    ]
+    goals = ["", "ms", "ms", "ms", "≤1.3 goal", "ms/batch", "ms/batch", "2×1, ≤1.3", "≥2 goal"]
+    lines = [
+        " ".join(f"{name:>{width}}" if k else f"{name:{width}}" for k, (name, width) in enumerate(header)),
+        " ".join(f"{g:>{w}}" if k else f"{g:{w}}" for k, (g, (_, w)) in enumerate(zip(goals, header))),
+    ]
+    for r in rows:
+        cells = [
+            r.case,
+            ms(r.fused_s),
+            ms(r.exposed_s),
+            ms(r.torch_loop_s),
+            ratio(r.overhead),
+            ms(r.fused_pair_s),
+            ms(r.exposed_pair_s),
+            ratio(r.overhead_pair),
+            ratio(r.speedup_vs_torch),
+        ]
+        lines.append(" ".join(f"{c:>{w}}" if k else f"{c:{w}}" for k, (c, (_, w)) in enumerate(zip(cells, header))))
+    lines.append(
+        "2 threads: one session with 2 intra-op threads. 2×1: two 1-thread sessions, each on its own batch, "
+        "per-batch time (how replay uses 2 cores)."
+    )
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""The build command: gather every run of the site (replaying only what changed), then build it.
+
+Gathering runs needs checkpoints, ONNX and replay (`run_cache`); building the site needs only the
+runs (`report.site`). Keeping the two apart keeps `report` free of torch and ONNX.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from reporter.atomic import check_output_dir
+from reporter.config import SiteConfig
+from reporter.errors import OutputError
+from reporter.pipeline.run_cache import cached_run
+from reporter.report.site import build_site
+from reporter.runstore import Run
+
+__all__ = ["build", "gather_runs"]
+
+
+def gather_runs(
+    config: SiteConfig | None,
+    run_dirs: Iterable[Path] = (),
+    progress: Callable[[str], None] = print,
+    cache: Path | None = None,
+) -> list[tuple[Run, str | None]]:
+    """Every run of the site with its baseline version: configured ones (replayed into `cache`,
+    default runs/ beside the config, only when their inputs changed), then given run directories."""
+    gathered = []
+    if config is not None:
+        cache = cache or config.path.parent / "runs"
+        for run in config.runs:
+            gathered.append((cached_run(run, cache, progress), run.baseline))
+    for folder in run_dirs:
+        gathered.append((Run.load(folder), None))
+    seen = set()
+    for run, _ in gathered:
+        if run.name in seen:
+            raise OutputError(
+                f"{run.path}: a second run of model {run.meta['model']!r} version "
+                f"{run.meta['version']!r}; each model version can appear once"
+            )
+        seen.add(run.name)
+    return gathered
+
+
+def build(
+    config: SiteConfig | None,
+    output: Path | None = None,
+    run_dirs: Iterable[Path] = (),
+    progress: Callable[[str], None] = print,
+    title: str | None = None,
+    cache: Path | None = None,
+) -> Path:
+    """Gather the runs of `config` and `run_dirs`, then build the site into `output` (or [site] output)."""
+    if output is None and config is None:
+        raise OutputError("no output folder: pass -o or a config with [site] output")
+    output = Path(output or config.output)
+    check_output_dir(output)  # before any replay: a bad output path fails at once
+    runs = gather_runs(config, run_dirs, progress, cache)
+    return build_site(
+        runs,
+        output,
+        title or (config.title if config else "Gate Reporter"),
+        (config.thresholds if config else None),
+        progress,
+    )

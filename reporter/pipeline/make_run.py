@@ -1,0 +1,216 @@
+"""Make one run: replay a model over its windows, score the windows, sample traces, measure memory.
+
+The stages, in order (each a module with one job; this one only sequences them and records
+provenance): replay every window into accumulators and per-window features (`replay.runner`);
+score each window against a reference (`replay.anomaly`: the run's own windows, or a trusted
+run's); pick the windows whose full traces are kept (fixed, random and the most anomalous) and
+replay just those; explain where each of them strays from the typical window; replay a sample
+with an impulse (`replay.impulse`); and assemble the `Run` that `runstore` writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from reporter.errors import RunError
+from reporter.layers import gate_order
+from reporter.pipeline.model_source import ModelSource
+from reporter.provenance import made_at, package_versions
+from reporter.replay.anomaly import explain_window, feature_names, score_windows, typical_from_timestep_stats
+from reporter.replay.gate_moments import StatsConfig
+from reporter.replay.impulse import impulse_response
+from reporter.replay.runner import Replayer, ReplayResult, choose_provider
+from reporter.replay.windows import WindowSource
+from reporter.runstore import SCHEMA_VERSION, Run
+
+__all__ = ["RunSettings", "make_run", "sample_windows"]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run is made: identity, replay settings, and how many windows each analysis samples."""
+
+    model: str
+    version: str
+    provider: str = "auto"
+    batch_size: int = 256
+    workers: int | None = None
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    fixed_samples: int = 4  # evenly spaced through the file: the same windows in every run
+    random_samples: int = 4
+    anomalous_samples: int = 8
+    impulse_windows: int = 64
+    seed: int = 0
+    dask: str | None = None  # scheduler address, or local[:N]: replay sharded on Dask (`reporter.replay.dask_shards`)
+
+
+def sample_windows(kept: np.ndarray, ranked: np.ndarray, settings: RunSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Choose the windows whose full traces are kept: (indices, reason per index), in that order.
+
+    `kept` are the replayed windows' indices (ascending), `ranked` the same from most to least
+    anomalous. Fixed ones are evenly spaced (stable across runs of one windows file, so versions
+    can be compared window by window); random ones use the run's seed; then the most anomalous.
+    """
+    chosen: list[int] = []
+    reasons: list[str] = []
+
+    def take(candidates, count: int, reason: str) -> None:
+        for index in candidates:
+            if count == 0:
+                return
+            if int(index) not in chosen:
+                chosen.append(int(index))
+                reasons.append(reason)
+                count -= 1
+
+    spots = np.unique(np.linspace(0, len(kept) - 1, num=min(settings.fixed_samples, len(kept))).round().astype(int))
+    take(kept[spots], settings.fixed_samples, "fixed")
+    take(np.random.default_rng(settings.seed).permutation(kept), settings.random_samples, "random")
+    take(ranked, settings.anomalous_samples, "anomalous")
+    return np.array(chosen, dtype=np.int64), np.array(reasons)
+
+
+def _reference_features(reference: Run | None, names: list[str]) -> pd.DataFrame | None:
+    """The trusted run's window features, refusing a run of a different architecture."""
+    if reference is None:
+        return None
+    missing = [name for name in names if name not in reference.window_scores.columns]
+    if missing:
+        raise RunError(
+            f"{reference.path}: reference run lacks the features {', '.join(missing[:3])}"
+            f"{' …' if len(missing) > 3 else ''}; it must be a run of a model with the same layers"
+        )
+    return reference.window_scores[["window", *names]]
+
+
+def _traces(
+    replayer: Replayer, source: WindowSource, indices: np.ndarray, reasons: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Full traces of the sampled windows: inputs, every gate (float16) and the model outputs."""
+    windows = source.take(indices)
+    outputs = replayer.run_batch(windows)
+    traces = {"window": indices, "reason": reasons.astype("U16"), "x": windows}
+    for layer, gates in replayer.gates(outputs).items():
+        for gate, trace in gates.items():
+            traces[f"{layer}/{gate}"] = trace.astype(np.float16)
+    for name in replayer.output_names:
+        traces[f"output:{name}"] = np.asarray(outputs[name], dtype=np.float32)
+    return traces
+
+
+def _explanations(replayer: Replayer, traces: dict[str, np.ndarray], typical: dict) -> pd.DataFrame:
+    """For each sampled window, the layers, gates and steps where it strays from the typical window
+    (for the anomalous ones: what drove their score). Window pages draw these."""
+    frames = []
+    for position in range(len(traces["window"])):
+        window_gates = {
+            layer.name: {
+                gate: traces[f"{layer.name}/{gate}"][position].astype(np.float32) for gate in gate_order(layer)
+            }
+            for layer in replayer.layers
+        }
+        frames.append(explain_window(window_gates, typical).assign(window=int(traces["window"][position])))
+    if not frames:
+        return pd.DataFrame({"window": pd.Series(dtype=np.int64)})
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[["window", *[c for c in frame.columns if c != "window"]]]
+
+
+def _impulse(replayer: Replayer, source: WindowSource, settings: RunSettings) -> pd.DataFrame:
+    """Impulse-response curves on a seeded sample of windows."""
+    kept = source.indices()
+    count = min(settings.impulse_windows, len(kept))
+    chosen = np.sort(np.random.default_rng(settings.seed + 1).choice(kept, size=count, replace=False))
+    return impulse_response(
+        replayer.run_batch, source.take(chosen), replayer.layers, replayer.output_names, seed=settings.seed
+    )
+
+
+def _meta(
+    model: ModelSource, source: WindowSource, settings: RunSettings, result: ReplayResult, reference: Run | None
+) -> dict:
+    """run.json: identity, provenance hashes, settings and throughput."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": settings.model,
+        "version": settings.version,
+        "created": made_at().isoformat(),
+        "checkpoint": {
+            "path": str(model.checkpoint.path),
+            "kind": model.checkpoint.kind,
+            "sha256": model.checkpoint.sha256,
+        },
+        "onnx_sha256": hashlib.sha256(model.fused.SerializeToString()).hexdigest(),
+        "exposed_onnx_sha256": hashlib.sha256(model.exposed.SerializeToString()).hexdigest(),
+        "exporter": model.exporter,
+        "export_parity_max_abs": model.parity_max_abs,
+        "windows": {
+            "path": str(source.path),
+            "sha256": source.sha256(),
+            "shape": [int(d) for d in source.shape],
+            "skipped_nan": int(len(source.skipped)),
+        },
+        "n_windows": int(source.n_windows),
+        "seq_len": int(source.seq_len),
+        "provider": result.provider,
+        "workers": result.workers,
+        "dask": settings.dask,
+        "batch_size": settings.batch_size,
+        "replay_seconds": round(result.seconds, 3),
+        "windows_per_second": round(result.windows_per_second, 1),
+        "thresholds": {family: list(settings.stats.thresholds(family)) for family in ("sigmoid", "tanh", "linear")},
+        "histogram_bins": settings.stats.bins,
+        "reference": None if reference is None else {"name": reference.name, "path": str(reference.path)},
+        "packages": package_versions(),
+    }
+
+
+def make_run(
+    model: ModelSource,
+    source: WindowSource,
+    settings: RunSettings,
+    reference: Run | None = None,
+    say: Callable[[str], None] = lambda line: None,
+) -> Run:
+    """Replay, score, sample, explain and measure: everything a run directory holds."""
+    if settings.dask:
+        from reporter.replay.dask_shards import replay_on_dask
+
+        provider = "cpu"
+        result = replay_on_dask(
+            settings.dask, model.exposed, model.layers, source, settings.batch_size, settings.stats, say
+        )
+        replayer = Replayer(model.exposed, model.layers, provider, 1, settings.stats)  # for the few sampled windows
+    else:
+        provider, why = choose_provider(settings.provider)
+        say(why)
+        replayer = Replayer(model.exposed, model.layers, provider, settings.workers, settings.stats)
+        result = replayer.replay(source, settings.batch_size)
+    say(
+        f"replayed {source.n_windows} windows in {result.seconds:.1f} s ({result.windows_per_second:.0f} windows/s, "
+        f"{result.workers} worker{'s' if result.workers > 1 else ''})"
+    )
+    names = feature_names(model.layers)
+    scores = score_windows(result.features, _reference_features(reference, names))
+    ranked = scores.sort_values("rank")["window"].to_numpy()
+    indices, reasons = sample_windows(source.indices(), ranked, settings)
+    traces = _traces(replayer, source, indices, reasons)
+    say("measuring impulse responses …")
+    impulse = _impulse(replayer, source, settings)
+    frames = result.stats.to_frames()
+    return Run(
+        meta=_meta(model, source, settings, result, reference),
+        layers=model.layers,
+        gate_stats=frames.gate_stats,
+        timestep_stats=frames.timestep_stats,
+        window_scores=scores,
+        explanations=_explanations(replayer, traces, typical_from_timestep_stats(frames.timestep_stats)),
+        impulse=impulse,
+        traces=traces,
+        outputs=result.outputs,
+    )

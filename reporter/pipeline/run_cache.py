@@ -1,0 +1,73 @@
+"""Reuse a configured run's replay while its checkpoint, windows and settings are unchanged.
+
+The cache key hashes everything that shapes a run: the checkpoint's and windows' sha256, the
+factory and its arguments, the model's name and version, the run settings, and the versions of
+Gate Reporter and the run schema. A run directory `CACHE/<model>-<version>-<key>` whose
+`run.json` carries that key is loaded instead of replayed; anything else is replayed and saved
+(atomically, by `Run.save`). Old entries of the same model and version are removed after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+
+from reporter.config import RunConfig
+from reporter.errors import RunError
+from reporter.names import slug
+from reporter.pipeline.make_run import RunSettings, make_run
+from reporter.pipeline.model_source import ModelRecipe, exposed_model
+from reporter.provenance import file_sha256
+from reporter.replay.windows import open_windows_source
+from reporter.runstore import SCHEMA_VERSION, Run
+
+__all__ = ["cache_key", "cached_run"]
+
+
+def cache_key(run: RunConfig, settings: RunSettings) -> str:
+    """sha256 of everything that shapes the run's numbers."""
+    facts = {
+        "checkpoint": file_sha256(run.checkpoint),
+        "windows": file_sha256(run.windows),
+        "factory": run.factory,
+        "factory_kwargs": run.factory_kwargs,
+        "model": run.model,
+        "version": run.version,
+        "settings": {key: str(value) for key, value in asdict(settings).items()},
+        "schema": SCHEMA_VERSION,
+        "gate_reporter": metadata.version("gate-reporter"),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cached_run(run: RunConfig, cache: Path, say: Callable[[str], None] = lambda line: None) -> Run:
+    """The run for a configured model version: from the cache when still valid, else replayed now."""
+    settings = RunSettings(model=run.model, version=run.version)
+    key = cache_key(run, settings)
+    prefix = f"{slug(run.model)}-{slug(run.version)}-"
+    folder = cache / f"{prefix}{key[:16]}"
+    if (folder / "run.json").is_file():
+        try:
+            cached = Run.load(folder)
+            if cached.meta.get("cache_key") == key:
+                say(f"{run.model} {run.version}: unchanged, using {folder}")
+                return cached
+        except RunError:
+            pass  # a damaged entry is simply made again
+    say(f"{run.model} {run.version}: replaying {run.windows.name} …")
+    source = open_windows_source(run.windows)
+    model = exposed_model(ModelRecipe(run.checkpoint, run.factory, run.factory_kwargs, run.trust_pickle), source)
+    made = make_run(model, source, settings, None, say)
+    made.meta["cache_key"] = key
+    cache.mkdir(parents=True, exist_ok=True)
+    made.save(folder)
+    for stale in cache.glob(f"{prefix}*"):
+        if stale != folder and stale.is_dir() and re.fullmatch(re.escape(prefix) + r"[0-9a-f]{16}", stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Run.load(folder)

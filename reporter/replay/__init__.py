@@ -1,0 +1,14 @@
+"""Replay the exposed model over stored windows and turn its gate traces into statistics.
+
+    windows         stored input windows read as validated batches (window_readers: the formats)
+    runner          onnxruntime sessions over batches, folding each into accumulators
+    dask_shards     the same, sharded over a Dask cluster
+    gate_moments    the mergeable per-unit accumulator and its one-pass update
+    timestep_stats  mergeable per-timestep trajectories and the exact histogram bins
+    stats           every layer's accumulators, and the run's two statistics tables
+    anomaly         per-window gate features, anomaly scores, "flagged", explanations
+    impulse         impulse responses: memory measured rather than inferred
+
+`anomaly`, `impulse` and the statistics are pure functions of arrays and frames: the report
+reads them without onnx or torch.
+"""

@@ -1,0 +1,177 @@
+"""Impulse responses: how long a perturbation of the input stays visible in the state and output.
+
+Replay a sample of windows twice: as they are, and with a unit impulse added to one input feature
+at one step (for token models: the token at that step substituted by another). The difference
+between the two runs, per layer's hidden state (and LSTM cell state) and per model output, at
+each lag after the impulse, is the response; its decay is the model's memory retention, measured
+rather than inferred from gate means (`stats.memory_horizon` gives the inferred one):
+
+    response(lag) = mean over windows of the RMS over units of |state'(step + lag) - state(step + lag)|
+
+For a reverse-direction layer the impulse travels backwards, so its lags count steps before the
+impulse. `impulse_summary` reads peak, half-life (steps from the peak until the response has
+halved) and the time constant of an exponential fitted to the decay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from reporter.layers import Layer
+
+__all__ = ["IMPULSE_COLUMNS", "impulse_response", "impulse_summary"]
+
+IMPULSE_COLUMNS = ("target", "kind", "perturbation", "feature", "direction", "lag", "response", "normalised")
+MAX_FEATURES = 16  # perturbed features by default: the most variable ones, when a model has more
+_STATE_GATES = {"h": "hidden", "c": "cell"}
+
+
+def _directions(layer: Layer) -> list[str]:
+    if layer.directions == 2:
+        return ["forward", "reverse"]
+    return ["reverse" if layer.direction == "reverse" else "forward"]
+
+
+def _rms_by_step(difference: np.ndarray) -> np.ndarray:
+    """[B, T, ...] → [T]: RMS over everything but batch and time, then mean over the batch."""
+    flat = difference.reshape(difference.shape[0], difference.shape[1], -1).astype(np.float64)
+    return np.sqrt((flat**2).mean(axis=2)).mean(axis=0)
+
+
+def _curves(
+    base: dict[str, np.ndarray],
+    pushed: dict[str, np.ndarray],
+    layers: list[Layer],
+    output_names: Sequence[str],
+    step: int,
+    steps: int,
+) -> list[tuple[str, str, str, np.ndarray]]:
+    """(target, kind, direction, response by lag) for every state and time-indexed output."""
+    curves = []
+    for layer in layers:
+        for gate, kind in _STATE_GATES.items():
+            name = layer.outputs.get(gate)
+            if name is None:
+                continue
+            difference = pushed[name] - base[name]  # [B, T, D, H]
+            for d, direction in enumerate(_directions(layer)):
+                by_step = _rms_by_step(difference[:, :, d])
+                lags = by_step[step:] if direction == "forward" else by_step[: step + 1][::-1]
+                curves.append((f"{layer.name}/{gate}", kind, direction, lags))
+    batch = base[next(iter(layers[0].outputs.values()))].shape[0]
+    for name in output_names:
+        if base[name].ndim >= 2 and base[name].shape[:2] == (batch, steps):  # batch-major, with a time axis
+            curves.append((f"output:{name}", "output", "forward", _rms_by_step(pushed[name] - base[name])[step:]))
+    return curves
+
+
+def _perturbations(
+    windows: np.ndarray, step: int, features: Sequence[int] | None, magnitude: float, vocab: int | None, seed: int
+):
+    """Yield (label, feature, perturbed windows): one per input feature, or one token substitution."""
+    if windows.dtype.kind in "iu":  # token ids: substitute the token at `step` by a different one
+        rng = np.random.default_rng(seed)
+        high = vocab if vocab else int(windows.max()) + 1
+        pushed = windows.copy()
+        shift = rng.integers(1, max(2, high), size=len(windows))
+        pushed[:, step] = (windows[:, step] + shift) % max(2, high)
+        yield "token substitution", -1, pushed
+        return
+    if features is None:
+        spread = windows.reshape(-1, windows.shape[2]).std(axis=0)
+        features = sorted(np.argsort(-spread, kind="stable")[:MAX_FEATURES].tolist())
+    for feature in features:
+        pushed = windows.copy()
+        pushed[:, step, feature] += magnitude
+        yield f"impulse {magnitude:+g}", int(feature), pushed
+
+
+def impulse_response(
+    run: Callable[[np.ndarray], dict[str, np.ndarray]],
+    windows: np.ndarray,
+    layers: list[Layer],
+    output_names: Sequence[str],
+    *,
+    step: int | None = None,
+    features: Sequence[int] | None = None,
+    magnitude: float = 1.0,
+    vocab: int | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Response curves, one row per target × perturbation × direction × lag (columns: IMPULSE_COLUMNS).
+
+    `run(windows)` returns every graph output of the exposed model; the impulse goes in at `step`
+    (default: a quarter into the window, leaving three quarters to watch it decay).
+    """
+    steps = windows.shape[1]
+    step = steps // 4 if step is None else step
+    if not 0 <= step < steps:
+        raise ValueError(f"impulse step {step} is outside windows of {steps} steps")
+    base = run(windows)
+    rows = []
+    for label, feature, pushed in _perturbations(windows, step, features, magnitude, vocab, seed):
+        for target, kind, direction, curve in _curves(base, run(pushed), layers, output_names, step, steps):
+            peak = curve.max()
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "target": target,
+                        "kind": kind,
+                        "perturbation": label,
+                        "feature": feature,
+                        "direction": direction,
+                        "lag": np.arange(len(curve), dtype=np.int64),
+                        "response": curve,
+                        "normalised": curve / peak if peak > 0 else np.zeros_like(curve),
+                    }
+                )
+            )
+    if not rows:
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in IMPULSE_COLUMNS})
+    frame = pd.concat(rows, ignore_index=True)
+    return frame.astype({"feature": np.int64, "response": np.float64, "normalised": np.float64})
+
+
+def _half_life(lags: np.ndarray, response: np.ndarray) -> float:
+    """Steps from the peak until the response first falls to half the peak (interpolated); NaN if never."""
+    top = int(np.argmax(response))
+    half = response[top] / 2
+    below = np.flatnonzero(response[top:] <= half)
+    if response[top] <= 0 or not len(below):
+        return float("nan")
+    j = top + int(below[0])
+    before, after = response[j - 1], response[j]
+    fraction = (before - half) / (before - after) if before != after else 0.0
+    return float(lags[j - 1] + fraction - lags[top])
+
+
+def _tau_fit(lags: np.ndarray, response: np.ndarray) -> float:
+    """Time constant of an exponential fitted (least squares on the log) from the peak on."""
+    top = int(np.argmax(response))
+    tail = response[top:]
+    keep = tail > tail[0] * 1e-4
+    if tail[0] <= 0 or keep.sum() < 3:
+        return float("nan")
+    slope = np.polyfit(lags[top:][keep].astype(np.float64), np.log(tail[keep]), 1)[0]
+    return float(-1.0 / slope) if slope < 0 else float("inf")
+
+
+def impulse_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per target × perturbation × direction: peak, peak_lag, half_life and tau_fit (in steps)."""
+    keys = ["target", "kind", "perturbation", "feature", "direction"]
+    rows = []
+    for key, curve in frame.groupby(keys, sort=False):
+        lags, response = curve["lag"].to_numpy(), curve["response"].to_numpy()
+        rows.append(
+            {
+                **dict(zip(keys, key)),
+                "peak": float(response.max()),
+                "peak_lag": int(lags[np.argmax(response)]),
+                "half_life": _half_life(lags, response),
+                "tau_fit": _tau_fit(lags, response),
+            }
+        )
+    return pd.DataFrame(rows, columns=[*keys, "peak", "peak_lag", "half_life", "tau_fit"])

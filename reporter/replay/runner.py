@@ -1,0 +1,352 @@
+"""Replay the gate-exposed model over stored windows and fold every batch into accumulators.
+
+Per batch: run onnxruntime, feed each gate trace to the statistics accumulators, keep each
+window's anomaly features and last-step model outputs (a few hundred bytes per window), and drop
+the traces. Memory therefore stays flat however many windows there are.
+
+On the CPU, replay runs one single-thread session per core, each on its own batches, with its own
+accumulators, merged at the end (`reporter.replay.stats` merges exactly). That is what keeps the
+exposed model near the fused model's speed: the exposed loop body is many small operations that
+one session's thread pool splits poorly (see `gate-report bench`, "2×1"). onnxruntime and the
+numpy kernels release the GIL, so threads are enough. On CUDA, one session does all batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+from tqdm import tqdm
+
+from reporter.errors import ReporterError
+from reporter.layers import Layer
+from reporter.replay.anomaly import feature_names, window_features
+from reporter.replay.gate_moments import StatsConfig
+from reporter.replay.stats import RunStats
+from reporter.replay.windows import WindowSource
+
+__all__ = [
+    "ReplayResult",
+    "Replayer",
+    "choose_provider",
+    "merge_results",
+    "model_output_names",
+    "open_session",
+    "run_bound",
+]
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+MAX_OUTPUT_VALUES = 4096  # last-step output values kept per window (more: the output is not kept)
+
+
+def tune_allocator() -> bool:
+    """Let glibc keep freed batch buffers for the next batch instead of unmapping them.
+
+    Every batch allocates and frees the same few MB-sized arrays (gate traces, statistics
+    temporaries). glibc serves allocations above its mmap threshold with fresh mmaps, so each
+    batch pays page faults on every one of them, and Dask workers start with
+    MALLOC_TRIM_THRESHOLD_=65536, which returns freed memory at once. Fixing the mmap threshold
+    at 32 MB and the trim threshold at 128 MB halved the time per batch here (1.08 s vs 2.1 s for
+    3,584 forecaster windows on one core) while peak memory stays flat (`gate-report bench
+    --replay`). A no-op where the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 128 << 20))
+
+
+def choose_provider(requested: str) -> tuple[str, str]:
+    """Pick "cpu" or "cuda" for `--provider auto|cpu|cuda`; return it and a line saying why."""
+    available = ort.get_available_providers()
+    has_cuda = "CUDAExecutionProvider" in available
+    if requested == "cpu":
+        return "cpu", "provider: cpu (requested)"
+    if requested == "cuda":
+        if not has_cuda:
+            raise ReporterError(
+                "--provider cuda: onnxruntime has no CUDA provider here (install gate-reporter[gpu], "
+                "i.e. onnxruntime-gpu, on a machine with an NVIDIA GPU), or use --provider cpu"
+            )
+        return "cuda", "provider: cuda (requested)"
+    if requested != "auto":
+        raise ReporterError(f"--provider {requested}: expected auto, cpu or cuda")
+    if has_cuda:
+        return "cuda", "provider: cuda (auto: onnxruntime-gpu found the CUDA provider)"
+    return "cpu", "provider: cpu (auto: no CUDA provider in this onnxruntime; install gate-reporter[gpu] for GPUs)"
+
+
+@functools.cache  # once per process, however many sessions open
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA/cuDNN libraries that pip's nvidia-* packages installed (onnxruntime-gpu ≥ 1.21
+    looks for them only there when asked; torch, when imported first, has loaded them already)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        with contextlib.suppress(Exception):  # nothing to preload: the system's libraries are used
+            preload()
+
+
+def open_session(model: bytes, provider: str, threads: int = 1) -> ort.InferenceSession:
+    """An onnxruntime session on the CPU (`threads` intra-op threads) or on CUDA."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # warnings about unused initializers etc. are not the user's business
+    providers: list = ["CPUExecutionProvider"]
+    if provider == "cuda":  # no TF32: its 10-bit matmuls would move gate values in the 4th digit from the CPU's
+        _preload_cuda_libraries()
+        providers = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    session = ort.InferenceSession(model, options, providers=providers)
+    if provider == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+        raise ReporterError(
+            "--provider cuda: onnxruntime could not start the CUDA provider (is a GPU visible, and do "
+            "the CUDA/cuDNN libraries match onnxruntime-gpu?); use --provider cpu"
+        )
+    return session
+
+
+def run_bound(
+    session: ort.InferenceSession, input_name: str, windows: np.ndarray, names: list[str], device: str
+) -> dict[str, np.ndarray]:
+    """Run one batch with IO binding: the input is copied to `device` once, and every output is
+    written by the provider straight into host memory, where the accumulators read it. No output
+    is kept on the device or copied twice; outputs nothing reads are not fetched at all."""
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(input_name, ort.OrtValue.ortvalue_from_numpy(windows, device, 0))
+    for name in names:
+        binding.bind_output(name, "cpu")
+    session.run_with_iobinding(binding)
+    return dict(zip(names, binding.copy_outputs_to_cpu()))
+
+
+def _batch_major(model: onnx.ModelProto, name: str) -> bool:
+    """Whether an output's first axis can be the batch: not a fixed size in the graph (a final
+    state [layers, B, H] has a fixed first axis; the batch axis of an exported model is dynamic)."""
+    value = next(output for output in model.graph.output if output.name == name)
+    dims = value.type.tensor_type.shape.dim
+    return not (len(dims) and dims[0].HasField("dim_value"))
+
+
+def model_output_names(model: onnx.ModelProto, layers: list[Layer]) -> list[str]:
+    """The graph outputs that are the model's own (everything but the exposed gates), in order."""
+    gate_outputs = {name for layer in layers for name in layer.outputs.values()}
+    return [output.name for output in model.graph.output if output.name not in gate_outputs]
+
+
+@dataclass
+class ReplayResult:
+    """What replay keeps: merged accumulators, and per window its features and last-step outputs."""
+
+    stats: RunStats
+    features: pd.DataFrame  # window, then one column per anomaly feature, in window order
+    outputs: dict[str, np.ndarray]  # output name -> [N, ...] last step per window, in window order
+    provider: str
+    seconds: float
+    workers: int
+
+    @property
+    def windows_per_second(self) -> float:
+        """Replay throughput: windows divided by wall time (model, statistics and features)."""
+        return len(self.features) / self.seconds if self.seconds > 0 else float("nan")
+
+
+@dataclass
+class _Rows:
+    """Per-window results, preallocated for every window at the start (one allocation, no growth
+    by batches, no fragmentation): anomaly features and each model output's last step."""
+
+    windows: np.ndarray  # file indices of the replayed windows, ascending
+    features: np.ndarray  # [N, F] float32
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def put(self, indices: np.ndarray, features: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+        """Store one batch's rows at its windows' positions."""
+        positions = np.searchsorted(self.windows, indices)
+        self.features[positions] = features
+        for name, last in outputs.items():
+            if name not in self.outputs:
+                with self.lock:
+                    self.outputs.setdefault(name, np.full((len(self.windows), *last.shape[1:]), np.nan, np.float32))
+            self.outputs[name][positions] = last
+
+
+def _last_step(value: np.ndarray, batch: int) -> np.ndarray | None:
+    """A model output's value at the last step per window ([B, T, ...] → [B, ...]), if small enough.
+
+    Outputs that are not batch-major (e.g. a final state [layers, B, H]) are not kept.
+    """
+    if value.ndim == 0 or value.shape[0] != batch or (value.ndim >= 3 and value.shape[1] == 0):
+        return None
+    per_window = value[:, -1] if value.ndim >= 3 else value
+    if per_window[0].size > MAX_OUTPUT_VALUES:
+        return None
+    return np.asarray(per_window, dtype=np.float32)
+
+
+class Replayer:
+    """Runs an exposed model over windows: `run_batch` for a few windows, `replay` for all of them."""
+
+    def __init__(
+        self,
+        exposed: onnx.ModelProto,
+        layers: list[Layer],
+        provider: str = "cpu",
+        workers: int | None = None,
+        stats_config: StatsConfig | None = None,
+    ):
+        tune_allocator()
+        self.layers, self.provider, self.stats_config = layers, provider, stats_config or StatsConfig()
+        self.model_bytes = exposed.SerializeToString()
+        self.output_names = [name for name in model_output_names(exposed, layers) if _batch_major(exposed, name)]
+        # On CUDA too: the statistics run on the host and cost far more than the model (`bench --replay`).
+        self.workers = max(1, workers or min(2, os.cpu_count() or 1))
+        self._sessions = [open_session(self.model_bytes, provider) for _ in range(self.workers)]
+        self.input_name = self._sessions[0].get_inputs()[0].name
+        self.input_dtype = _ORT_TYPES.get(self._sessions[0].get_inputs()[0].type)  # windows are float32 or int64
+        self.names = [output.name for output in self._sessions[0].get_outputs()]
+
+    def run_batch(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """Every graph output (model outputs and gates) for a few windows."""
+        return self._run(self._sessions[0], windows)
+
+    def _run(self, session: ort.InferenceSession, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """One batch through one session; on CUDA through IO binding (see `run_bound`)."""
+        if self.input_dtype is not None and windows.dtype != self.input_dtype:
+            windows = windows.astype(self.input_dtype)  # an int32-id or float16/float64 model input
+        if self.provider == "cuda":
+            return run_bound(session, self.input_name, windows, self.names, "cuda")
+        return dict(zip(self.names, session.run(None, {self.input_name: windows})))
+
+    def gates(self, outputs: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        """Regroup a batch's graph outputs as {layer name: {gate: [B, T, D, H]}}."""
+        return {layer.name: {gate: outputs[name] for gate, name in layer.outputs.items()} for layer in self.layers}
+
+    def replay(
+        self,
+        source: WindowSource,
+        batch_size: int = 256,
+        progress: bool | None = None,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> ReplayResult:
+        """Replay the windows of `source` with file index in [start, stop) (default: all of them).
+
+        A progress bar with windows/s is shown when stderr is a terminal.
+        """
+        shards = [RunStats(self.layers, self.stats_config) for _ in range(self.workers)]
+        kept = source.indices()
+        kept = kept[(kept >= start) & (kept < (source.shape[0] if stop is None else stop))]
+        rows = _Rows(kept, np.empty((len(kept), len(feature_names(self.layers))), np.float32))
+        batches = source.batches(batch_size, start, stop)
+        lock, failure = threading.Lock(), []
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = tqdm(
+            total=len(kept),
+            unit="win",
+            desc="replay",
+            disable=not show,
+            smoothing=0.1,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        start = time.perf_counter()
+        threads = [
+            threading.Thread(target=self._work, args=(session, shard, rows, batches, lock, failure, bar), daemon=True)
+            for session, shard in zip(self._sessions, shards)
+        ]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)  # short joins keep Ctrl-C responsive
+        except BaseException:
+            failure.append(None)  # tell the workers to stop after their current batch
+            raise
+        finally:
+            bar.close()
+        if failure:
+            raise failure[0]
+        return self._result(shards, rows, time.perf_counter() - start)
+
+    def _work(
+        self,
+        session: ort.InferenceSession,
+        stats: RunStats,
+        rows: _Rows,
+        batches: Iterator,
+        lock: threading.Lock,
+        failure: list,
+        bar: tqdm,
+    ) -> None:
+        """One worker: take the next batch, run it, fold it into this worker's shard; until none is left."""
+        try:
+            while not failure:
+                with lock:  # the windows reader is a generator: one reader at a time
+                    item = next(batches, None)
+                if item is None:
+                    return
+                indices, windows = item
+                outputs = self._run(session, windows)
+                self._fold(stats, rows, indices, outputs)
+                bar.update(len(indices))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
+            failure.append(exc)
+
+    def _fold(self, stats: RunStats, rows: _Rows, indices: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+        """Fold one batch into a worker's accumulators and store its per-window rows; drop the traces."""
+        gates = self.gates(outputs)
+        for layer, by_gate in gates.items():
+            for gate, trace in by_gate.items():
+                stats.update(layer, gate, trace)
+        last_steps = {name: _last_step(outputs[name], len(indices)) for name in self.output_names}
+        rows.put(
+            indices,
+            window_features(gates, self.layers, self.stats_config),
+            {name: last for name, last in last_steps.items() if last is not None},
+        )
+
+    def _result(self, shards: list[RunStats], rows: _Rows, seconds: float) -> ReplayResult:
+        """Merge the workers' accumulators; per-window rows are already in window order."""
+        stats = shards[0]
+        for shard in shards[1:]:
+            stats = stats.merge(shard)
+        frame = pd.DataFrame(rows.features, columns=feature_names(self.layers), copy=False)
+        frame.insert(0, "window", rows.windows)
+        return ReplayResult(stats, frame, rows.outputs, self.provider, seconds, self.workers)
+
+
+def merge_results(parts: list[ReplayResult], seconds: float, workers: int, provider: str) -> ReplayResult:
+    """Combine replays of consecutive shards (in file order) into one, as if replayed in one pass."""
+    stats = parts[0].stats
+    for part in parts[1:]:
+        stats = stats.merge(part.stats)
+    features = pd.concat([part.features for part in parts], ignore_index=True)
+    with_rows = [part for part in parts if len(part.features)]  # a shard whose windows were all skipped has none
+    names = [
+        name for name in (with_rows[0].outputs if with_rows else {}) if all(name in part.outputs for part in with_rows)
+    ]
+    outputs = {name: np.concatenate([part.outputs[name] for part in with_rows]) for name in names}
+    return ReplayResult(stats, features, outputs, provider, seconds, workers)
