@@ -128,13 +128,42 @@ def test_tutorial_style_model_state_dict_entry(tmp_path):
     assert _same_outputs(original, loaded.module)
 
 
-def test_lightning_dict_with_custom_objects_needs_trust(tmp_path):
+def test_lightning_dict_with_custom_objects_gives_its_weights_to_a_factory_without_trust(tmp_path):
     wrapper = LightningLike()
     path = _saved(tmp_path, {"state_dict": wrapper.state_dict(), "hyper_parameters": HyperParameters()})
-    assert "--trust-pickle" in _error(path, factory=FACTORY)
-    loaded = load_checkpoint(path, factory=FACTORY, trust_pickle=True)
-    assert loaded.kind == "lightning"
-    assert _same_outputs(wrapper.model.eval(), loaded.module)
+    assert "--trust-pickle" in _error(path)  # without a factory the pickled objects are all there is
+    for trust in (False, True):
+        loaded = load_checkpoint(path, factory=FACTORY, trust_pickle=trust)
+        assert loaded.kind == "lightning"
+        assert _same_outputs(wrapper.model.eval(), loaded.module)
+
+
+def test_lightning_checkpoint_from_a_library_that_is_not_installed(tmp_path, monkeypatch):
+    """A training library's objects (a normaliser) and a __reduce__ payload in hyper_parameters:
+    with a factory the weights load, nothing from the file runs, and the library need not exist."""
+    library = tmp_path / "lib"
+    library.mkdir()
+    (library / "trainlib_not_installed.py").write_text(
+        "class Normaliser:\n"
+        "    def __init__(self, scale):\n"
+        "        self.scale = scale\n"
+        "    def __setstate__(self, state):\n"
+        "        raise RuntimeError('the library ran')\n"
+    )
+    monkeypatch.syspath_prepend(str(library))
+    import trainlib_not_installed
+
+    marker = tmp_path / "pwned"
+    wrapper = LightningLike()
+    hyper = {"normaliser": trainlib_not_installed.Normaliser(2.0), "payload": WritesMarker(marker), "lr": 0.1}
+    path = _saved(tmp_path, {"state_dict": wrapper.state_dict(), "hyper_parameters": hyper}, "epoch=3.ckpt")
+    monkeypatch.delitem(sys.modules, "trainlib_not_installed")
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry != str(library)])
+    for trust in (False, True):  # trusted, the full load fails on the missing library; the weights still load
+        loaded = load_checkpoint(path, factory=FACTORY, trust_pickle=trust)
+        assert loaded.kind == "lightning" and _same_outputs(wrapper.model.eval(), loaded.module)
+        assert not marker.exists() or trust  # untrusted, the payload never runs
+    assert "trainlib_not_installed" not in sys.modules
 
 
 def test_missing_and_unexpected_keys_are_named(tmp_path):
@@ -144,6 +173,16 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
     assert "does not fit the factory" in message
     assert "missing keys rnn.weight_hh_l0" in message
     assert "unexpected keys lstm.bias" in message
+
+
+def test_a_wrapper_prefix_is_stripped_and_a_misfit_shows_the_nearest_mapping(tmp_path):
+    state = _trained().state_dict()
+    compiled = {f"model._orig_mod.{key}": value for key, value in state.items()}  # Lightning + torch.compile
+    assert load_checkpoint(_saved(tmp_path, compiled, "compiled.pt"), factory=FACTORY).kind == "state_dict"
+    renamed = {f"net.{key.replace('rnn.', 'lstm.')}": value for key, value in state.items()}
+    message = _error(_saved(tmp_path, renamed, "renamed.pt"), factory=FACTORY)
+    assert "(prefix 'net.' stripped)" in message
+    assert "nearest: rnn.weight_ih_l0 ← lstm.weight_ih_l0" in message
 
 
 def test_many_unexpected_keys_are_counted(tmp_path):

@@ -14,6 +14,7 @@ Nothing in a file runs unless the user passed `--trust-pickle`; every failure is
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import pickle
@@ -30,6 +31,7 @@ import onnx
 import torch
 
 from reporter.errors import CheckpointError
+from reporter.model.placeholder_pickle import load_with_placeholders
 from reporter.provenance import file_sha256
 
 __all__ = ["KINDS", "LoadedCheckpoint", "import_factory", "load_checkpoint"]
@@ -201,12 +203,37 @@ def _load_torch(
     try:
         loaded = _torch_load(path, weights_only=True)
     except pickle.UnpicklingError as exc:
-        _refuse_unless_trusted(path, exc, trust_pickle)
-        with _cwd_on_sys_path():
-            loaded = _torch_load(path, weights_only=False)
+        loaded = _load_pickled(path, _pickled_code(path, exc), factory, trust_pickle)
         if isinstance(loaded, torch.nn.Module):
             return "pickled_module", loaded
     return _module_from_state(path, loaded, factory, factory_kwargs)
+
+
+def _load_pickled(path: Path, code: str, factory: str | None, trust_pickle: bool) -> object:
+    """A file that holds pickled code: run it only when trusted; else, with a factory, read just
+    its tensors, every other object left as an inert placeholder (`placeholder_pickle`)."""
+    if trust_pickle:
+        try:
+            with _cwd_on_sys_path():
+                return _torch_load(path, weights_only=False)
+        except CheckpointError:
+            if factory is None:
+                raise  # e.g. the training library is not installed; with a factory its weights still load
+    hint = "" if factory else ", or --factory MODULE:FUNCTION to read only its weights (no code runs)"
+    refusal = CheckpointError(
+        f"{path}: holds pickled code ({code}); pass --trust-pickle to load it, which runs code from the file{hint}"
+    )
+    if factory is None:
+        raise refusal
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded, _ = load_with_placeholders(path)
+    except Exception:  # noqa: BLE001 - not a torch archive its tensors can be read from: refused as pickled code
+        raise refusal from None
+    if _state_dict_in(loaded) is None:
+        raise refusal
+    return loaded
 
 
 def _torch_load(path: Path, weights_only: bool) -> object:
@@ -222,16 +249,12 @@ def _torch_load(path: Path, weights_only: bool) -> object:
         raise CheckpointError(f"{path}: not a readable torch checkpoint: {problem}") from exc
 
 
-def _refuse_unless_trusted(path: Path, exc: pickle.UnpicklingError, trust_pickle: bool) -> None:
-    """Stop at pickled code unless the user said to trust it; stop at garbage always."""
+def _pickled_code(path: Path, exc: pickle.UnpicklingError) -> str:
+    """The pickled global the weights-only reader stopped at; garbage is an error at once."""
     pickled = _PICKLED_GLOBAL.search(str(exc))
     if pickled is None:
         raise CheckpointError(f"{path}: not a torch checkpoint: {_unpickler_problem(exc)}") from exc
-    if not trust_pickle:
-        raise CheckpointError(
-            f"{path}: holds pickled code ({pickled.group(1)}); pass --trust-pickle to load it, "
-            "which runs code from the file"
-        ) from exc
+    return pickled.group(1)
 
 
 def _unpickler_problem(exc: pickle.UnpicklingError) -> str:
@@ -252,14 +275,22 @@ def _module_from_state(
     return kind, module
 
 
-def _find_state_dict(path: Path, loaded: object) -> tuple[str, Mapping[str, torch.Tensor]]:
-    """Say which kind of weights dictionary the file holds, and return it."""
+def _state_dict_in(loaded: object) -> tuple[str, Mapping[str, torch.Tensor]] | None:
+    """The kind of weights dictionary the file holds and the dictionary, or None."""
     if _is_tensor_dict(loaded):
         return "state_dict", loaded
-    if isinstance(loaded, Mapping) and _is_tensor_dict(loaded.get("state_dict")):
-        return "lightning", loaded["state_dict"]
-    if isinstance(loaded, Mapping) and _is_tensor_dict(loaded.get("model_state_dict")):
-        return "state_dict", loaded["model_state_dict"]
+    if isinstance(loaded, Mapping):
+        for key, kind in (("state_dict", "lightning"), ("model_state_dict", "state_dict")):
+            if _is_tensor_dict(loaded.get(key)):
+                return kind, loaded[key]
+    return None
+
+
+def _find_state_dict(path: Path, loaded: object) -> tuple[str, Mapping[str, torch.Tensor]]:
+    """Say which kind of weights dictionary the file holds, and return it."""
+    found = _state_dict_in(loaded)
+    if found is not None:
+        return found
     if isinstance(loaded, Mapping):
         what = f"a dict with keys {_some(sorted(map(str, loaded)))}"
     else:
@@ -292,15 +323,27 @@ def _build(path: Path, factory: str, factory_kwargs: dict) -> torch.nn.Module:
 def _fit(path: Path, module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Load weights strictly, after stripping the wrapper prefix that makes the keys fit."""
     expected = module.state_dict()
-    candidates = [_strip(state, prefix) for prefix in _shared_prefixes(state)]
-    best = min(candidates, key=lambda candidate: len(_key_mismatch(expected, candidate)))
+    prefix = min(_shared_prefixes(state), key=lambda prefix: len(expected.keys() ^ _strip(state, prefix).keys()))
+    best = _strip(state, prefix)
     problems = _key_mismatch(expected, best) + _shape_mismatch(expected, best)
     if problems:
-        raise CheckpointError(f"{path}: state_dict does not fit the factory: {'; '.join(problems)}")
+        stripped = f" (prefix {prefix!r} stripped)" if prefix else ""
+        raise CheckpointError(
+            f"{path}: state_dict does not fit the factory{stripped}: {'; '.join(problems)}{_nearest(expected, best)}"
+        )
     try:
         module.load_state_dict(best, strict=True)
     except Exception as exc:
         raise CheckpointError(f"{path}: state_dict does not fit the factory: {_one_line(exc)}") from exc
+
+
+def _nearest(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str:
+    """For the first missing keys, the checkpoint key that reads most like each: a mapping to try."""
+    unexpected = [key for key in state if key not in expected]
+    missing = [key for key in expected if key not in state][:_NAMED]
+    pairs = [(key, difflib.get_close_matches(key, unexpected, n=1, cutoff=0.5)) for key in missing]
+    shown = [f"{key} ← {match[0]}" for key, match in pairs if match]
+    return f"; nearest: {', '.join(shown)}" if shown else ""
 
 
 def _shared_prefixes(state: Mapping[str, torch.Tensor]) -> list[str]:

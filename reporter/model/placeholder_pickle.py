@@ -72,7 +72,10 @@ def load_with_placeholders(path) -> tuple[object, list[str]]:
     class Unpickler(PlaceholderUnpickler):
         placeholders = seen
 
-    module = types.SimpleNamespace(__name__="gate_reporter_placeholder_pickle", Unpickler=Unpickler,
-                                   load=lambda file, **kwargs: Unpickler(file, **kwargs).load())
+    module = types.SimpleNamespace(
+        __name__="gate_reporter_placeholder_pickle",
+        Unpickler=Unpickler,
+        load=lambda file, **kwargs: Unpickler(file, **kwargs).load(),
+    )
     loaded = torch.load(path, map_location="cpu", weights_only=False, pickle_module=module)
     return loaded, sorted(seen)
