@@ -28,15 +28,21 @@ def _probe(path: Path, folder: Path) -> None:
 
 
 def _check_folder(path: Path) -> None:
-    """Refuse an output whose folder is missing or cannot be written."""
+    """Create an output's missing parent folders (as every comparable tool does) and make sure the
+    folder can be written; refuse a parent that is a file."""
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{path}: folder {folder} does not exist")
+    blocking = next((parent for parent in [folder, *folder.parents] if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise OutputError(f"{path}: {blocking} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create folder {folder}: {exc.strerror or exc}") from None
     _probe(path, folder)
 
 
 def check_output_file(path: Path) -> None:
-    """Refuse an output path that is a directory or whose folder cannot be written."""
+    """Refuse an output path that is a directory or whose folder cannot be made or written."""
     if path.is_dir():
         raise OutputError(f"{path}: is a directory, expected a file path")
     _check_folder(path)
@@ -51,6 +57,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     except OSError as exc:
         raise OutputError(f"{path}: cannot write in {path.parent}: {exc.strerror or exc}") from None
     try:
+        os.chmod(fd, 0o666 & ~_umask())  # mkstemp makes it private; an exported model is for others to read
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -70,7 +77,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def check_output_dir(path: Path) -> None:
-    """Refuse an output folder that is an existing file or whose parent cannot be written."""
+    """Refuse an output folder that is an existing file or whose parent cannot be made or written."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: exists and is not a folder")

@@ -119,9 +119,9 @@ def load_config(path: Path) -> SiteConfig:
     if not isinstance(site, dict):
         raise ConfigError(f"{path}: [site] must be a table")
     _check_keys(path, "[site]", site, _SITE_KEYS)
-    runs = data.get("runs", [])
-    if not isinstance(runs, list) or not runs:
-        raise ConfigError(f"{path}: needs at least one [[runs]] table")
+    runs = data.get("runs", [])  # none is fine: `build --runs DIR` may bring every run
+    if not isinstance(runs, list):
+        raise ConfigError(f"{path}: runs must be [[runs]] tables")
     parsed = tuple(_run(path, k, table) for k, table in enumerate(runs))
     seen: set[tuple[str, str]] = set()
     for run in parsed:

@@ -96,8 +96,8 @@ def run_cli(*args, cwd):
         ),
         (lambda p: ["export", str(p / "tiny.pt"), "--factory", FACTORY, "-o", str(p)], "is a directory"),
         (
-            lambda p: ["export", str(p / "tiny.pt"), "--factory", FACTORY, "-o", str(p / "nowhere" / "o.onnx")],
-            "does not exist",
+            lambda p: ["export", str(p / "tiny.pt"), "--factory", FACTORY, "-o", str(p / "tiny.pt" / "o.onnx")],
+            "tiny.pt is a file, not a folder",
         ),
         (
             lambda p: [
@@ -165,3 +165,42 @@ def test_serve_previews_a_built_site_on_localhost(tmp_path):
         server.wait(timeout=10)
         server.stdout.close()
     assert run_cli("serve", str(tmp_path / "empty"), cwd=None).returncode == 2
+
+
+def test_outputs_get_their_missing_folders_and_normal_permissions(tmp_path, capsys):
+    checkpoint, windows = save_tiny(tmp_path)
+    out = tmp_path / "models" / "exported" / "tiny.onnx"
+    assert main(["export", str(checkpoint), "--factory", FACTORY, "-o", str(out)]) == 0
+    run = tmp_path / "runs" / "nested" / "tiny"
+    common = ["--factory", FACTORY, "--windows", str(windows), "--version"]
+    assert main(["replay", str(checkpoint), *common, "v1", "-o", str(run)]) == 0
+    review = tmp_path / "review" / "deeper"
+    args = ["diff", str(run), str(run), "--markdown", str(review / "gates.md"), "--single-file", str(review / "g.html")]
+    assert main([*args, "-o", str(tmp_path / "diffs" / "self")]) == 0
+    capsys.readouterr()
+    umask = _umask()
+    for path in (out, out.with_name("tiny.layers.json"), review / "gates.md", review / "g.html"):
+        assert path.is_file() and path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+    assert (run / "run.json").is_file() and (tmp_path / "diffs" / "self" / "index.html").is_file()
+    assert (out.parent.stat().st_mode & 0o777) == 0o777 & ~umask
+
+
+def test_a_config_with_only_a_site_table_builds_the_given_runs(tmp_path, capsys):
+    checkpoint, windows = save_tiny(tmp_path)
+    run = tmp_path / "runs" / "tiny"
+    args = ["--factory", FACTORY, "--windows", str(windows), "--name", "tiny", "--version", "v1", "-o", str(run)]
+    assert main(["replay", str(checkpoint), *args]) == 0
+    config = tmp_path / "reporter.toml"
+    config.write_text('[site]\ntitle = "Only a site"\noutput = "built"\n')
+    assert main(["build", "--config", str(config), "--runs", str(run)]) == 0
+    assert "Only a site" in (tmp_path / "built" / "index.html").read_text()
+    assert main(["build", "--config", str(config)]) == 2
+    assert "reporter.toml: no [[runs]] table and no --runs RUN_DIR: nothing to build" in capsys.readouterr().err
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

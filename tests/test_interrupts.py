@@ -24,6 +24,12 @@ ENV = {
 }  # the factory's package, from any folder
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default. A test runner started in the background (as CI and
+    `make test &` start it) ignores SIGINT, and an ignored signal stays ignored across exec."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args, cwd):
     return subprocess.Popen(
         [sys.executable, "-m", "reporter.cli", *args],
@@ -32,6 +38,7 @@ def _start(args, cwd):
         stderr=subprocess.PIPE,
         text=True,
         env=ENV,
+        preexec_fn=_default_sigint,
     )
 
 

@@ -59,6 +59,9 @@ def build(
     output = Path(output or config.output)
     check_output_dir(output)  # before any replay: a bad output path fails at once
     runs = gather_runs(config, run_dirs, progress, cache)
+    if not runs:
+        where = f"{config.path}: no [[runs]] table" if config is not None else "no run"
+        raise OutputError(f"{where} and no --runs RUN_DIR: nothing to build")
     return build_site(
         runs,
         output,
