@@ -10,6 +10,7 @@ modified; the model's own outputs keep their names, order and values.
 from __future__ import annotations
 
 import ast
+import re
 
 import onnx
 from onnx import TensorProto, helper
@@ -25,6 +26,8 @@ __all__ = ["MANIFEST_KEY", "RECURRENT_OPS", "expose_gates"]
 RECURRENT_OPS = KINDS  # the ONNX operators whose gates are exposed
 MANIFEST_KEY = "gate_reporter.layers"
 _MIN_OPSET = 13  # Unsqueeze/Squeeze/Slice with tensor inputs
+_GENERATED_NAME = re.compile(r"(LSTM|GRU|RNN)__\d+")  # tf2onnx's names for the nodes it fuses
+_TF_INTERNAL = {"PartitionedCall", "StatefulPartitionedCall"}  # TensorFlow's own scopes inside a Keras layer
 
 
 def expose_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Layer]]:
@@ -168,8 +171,23 @@ def _module_path(node: onnx.NodeProto) -> str | None:
     return None
 
 
+def _tf_scope(node: onnx.NodeProto) -> str | None:
+    """The Keras layer a tf2onnx node came from: tf2onnx names fused nodes "LSTM__41", but the
+    node's input keeps the TensorFlow scope ("model/encoder_lstm/PartitionedCall/transpose:0")."""
+    if not _GENERATED_NAME.fullmatch(node.name):
+        return None
+    for tensor in node.input:
+        parts = tensor.split(":")[0].split("/")
+        cut = next((k for k, part in enumerate(parts) if part in _TF_INTERNAL or part.startswith("while")), None)
+        if cut is not None and cut > 0:
+            scope = parts[1:cut] if cut > 1 else parts[:cut]  # without the model's own name
+            return ".".join(scope)
+    return None
+
+
 def _layer_names(nodes: list[onnx.NodeProto]) -> list[str]:
-    """Readable, unique, stable names: "rnn.l0", "rnn.l1" for torch exports, else node names."""
+    """Readable, unique, stable names: "rnn.l0", "rnn.l1" for torch exports, the Keras layer for
+    tf2onnx exports, else node names."""
     names, per_module, used = [], {}, set()
     for node in nodes:
         path = _module_path(node)
@@ -180,6 +198,6 @@ def _layer_names(nodes: list[onnx.NodeProto]) -> list[str]:
             per_module[base] = k + 1
             name = f"{base}.l{k}"
         else:
-            name = node.name
+            name = _tf_scope(node) or node.name
         names.append(fresh_name(used, name))
     return names
