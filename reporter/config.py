@@ -8,6 +8,7 @@
     model = "forecaster"          version = "v2"
     checkpoint = "….pt"           factory = "package.module:function"
     factory_kwargs = { … }        windows = "….npz"          baseline = "v1"
+    feed = { sr = 16000, h = "zeros" }   # model inputs fed the same for every window
 
     [check]                       # thresholds for `gate-report check` and the diff pages
     saturation_delta = 0.1        wasserstein = 0.05   anomaly_rate_delta = 0.05   output_drift = 0.1
@@ -29,7 +30,17 @@ from reporter.errors import ConfigError
 __all__ = ["RunConfig", "SiteConfig", "load_config"]
 
 _SITE_KEYS = {"title", "output"}
-_RUN_KEYS = {"model", "version", "checkpoint", "factory", "factory_kwargs", "windows", "baseline", "trust_pickle"}
+_RUN_KEYS = {
+    "model",
+    "version",
+    "checkpoint",
+    "factory",
+    "factory_kwargs",
+    "windows",
+    "baseline",
+    "trust_pickle",
+    "feed",
+}
 _REQUIRED_RUN_KEYS = ("model", "version", "checkpoint", "windows")
 
 
@@ -45,6 +56,7 @@ class RunConfig:
     factory_kwargs: dict = field(default_factory=dict)
     baseline: str | None = None
     trust_pickle: bool = False
+    feed: dict = field(default_factory=dict)  # input name -> a number, a list, "zeros" or a .npy path (relative)
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,9 @@ def _run(path: Path, index: int, table: dict) -> RunConfig:
     trust = table.get("trust_pickle", False)
     if not isinstance(trust, bool):
         raise ConfigError(f"{path}: {where}.trust_pickle must be true or false")
+    feed = table.get("feed", {})
+    if not isinstance(feed, dict) or not all(isinstance(value, (int, float, str, list)) for value in feed.values()):
+        raise ConfigError(f'{path}: {where}.feed must be a table of input = a number, a list, "zeros" or a .npy path')
     base = path.parent
     return RunConfig(
         model=values["model"],
@@ -100,6 +115,10 @@ def _run(path: Path, index: int, table: dict) -> RunConfig:
         factory_kwargs=kwargs,
         baseline=_string(path, where, table, "baseline"),
         trust_pickle=trust,
+        feed={
+            name: str(base / value) if isinstance(value, str) and value.endswith(".npy") else value
+            for name, value in feed.items()
+        },
     )
 
 

@@ -70,3 +70,13 @@ def test_missing_required_key_and_missing_file(tmp_path):
         load_config(write(tmp_path, VALID.replace('checkpoint = "b.pt"\nwindows = "w.npz"', 'checkpoint = "b.pt"')))
     with pytest.raises(ConfigError, match="nope.toml: no such file"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_a_run_feeds_inputs_the_same_for_every_window(tmp_path):
+    text = VALID.replace(
+        'windows = "w.npz"\n\n', 'windows = "w.npz"\nfeed = { sr = 16000, h = "zeros", s = "st/s.npy" }\n\n', 1
+    )
+    run = load_config(write(tmp_path, text)).runs[0]
+    assert run.feed == {"sr": 16000, "h": "zeros", "s": str(tmp_path / "st" / "s.npy")}
+    with pytest.raises(ConfigError, match=r"reporter.toml: \[\[runs\]\] #1.feed must be a table"):
+        load_config(write(tmp_path, VALID.replace('windows = "w.npz"\n\n', 'windows = "w.npz"\nfeed = 3\n\n', 1)))

@@ -215,7 +215,7 @@ def test_io_binding_gives_the_same_outputs_as_a_plain_run(tiny):
     session = open_session(model.exposed.SerializeToString(), "cpu")
     names = [o.name for o in session.get_outputs()]
     x = open_windows_source(windows).take(np.arange(7))
-    bound = run_bound(session, "x", x, names, "cpu")
+    bound = run_bound(session, {"x": x}, names, "cpu")
     plain = dict(zip(names, session.run(None, {"x": x})))
     assert list(bound) == names
     for name in names:

@@ -41,8 +41,22 @@ def gate_report(tmp_path_factory) -> Path:
     """The `gate-report` command of a fresh venv holding only the wheel (dependencies come from
     this test environment through a path entry, so nothing is downloaded)."""
     work = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
-                    str(work / "dist"), str(ROOT)], check=True, timeout=600)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(work / "dist"),
+            str(ROOT),
+        ],
+        check=True,
+        timeout=600,
+    )
     (wheel,) = (work / "dist").glob("gate_reporter-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "reporter/templates/base.html" in names and "reporter/templates/assets/site.js" in names
@@ -50,8 +64,21 @@ def gate_report(tmp_path_factory) -> Path:
     assert packages and packages <= names, sorted(packages - names)  # every subpackage ships
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
-                    "--no-deps", str(wheel)], check=True, timeout=600)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--quiet",
+            "--no-deps",
+            str(wheel),
+        ],
+        check=True,
+        timeout=600,
+    )
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     purelib = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True)
     purelib = Path(purelib.stdout.strip())
@@ -83,11 +110,31 @@ def test_the_installed_wheel_runs_end_to_end_outside_the_repository(gate_report,
     assert str(gate_report.parent.parent) in where.stdout  # the wheel's copy, not this checkout
     _run(gate_report, "export", "v1.pt", *model, "-o", "exported/v1.onnx", cwd=tmp_path)
     for version in ("v1", "v2"):
-        _run(gate_report, "replay", f"{version}.pt", *model, "--name", "mymodel", "--version", version, "-o",
-             f"runs/{version}", cwd=tmp_path)  # fmt: skip
+        _run(
+            gate_report,
+            "replay",
+            f"{version}.pt",
+            *model,
+            "--name",
+            "mymodel",
+            "--version",
+            version,
+            "-o",
+            f"runs/{version}",
+            cwd=tmp_path,
+        )
     _run(gate_report, "build", "--runs", "runs/v1", "runs/v2", "-o", "site", cwd=tmp_path)
-    _run(gate_report, "diff", "runs/v1", "runs/v2", "--markdown", "review/gates.md", "--single-file",
-         "review/gates.html", cwd=tmp_path)  # fmt: skip
+    _run(
+        gate_report,
+        "diff",
+        "runs/v1",
+        "runs/v2",
+        "--markdown",
+        "review/gates.md",
+        "--single-file",
+        "review/gates.html",
+        cwd=tmp_path,
+    )
     assert (tmp_path / "exported" / "v1.layers.json").is_file()
     assert "Gate Reporter" in (tmp_path / "site" / "index.html").read_text()
     assert len(list((tmp_path / "site" / "runs").rglob("*.html"))) > 4

@@ -67,7 +67,7 @@ def make_windows(count: int, path: Path, seed: int = 0) -> Path:
 def _fused_throughput(model, source, batch_size: int, workers: int, provider: str) -> float:
     """Windows/s of the fused model alone over every window: `workers` 1-thread CPU sessions at
     once, or one CUDA session fed through IO binding, as replay runs them."""
-    from reporter.replay import open_session, run_bound
+    from reporter.replay.runner import open_session, run_bound
 
     sessions = [open_session(model.SerializeToString(), provider) for _ in range(workers)]
     name = sessions[0].get_inputs()[0].name
@@ -81,7 +81,7 @@ def _fused_throughput(model, source, batch_size: int, workers: int, provider: st
             if item is None:
                 return
             if provider == "cuda":
-                run_bound(session, name, item[1], outputs, "cuda")
+                run_bound(session, {name: item[1]}, outputs, "cuda")
             else:
                 session.run(None, {name: item[1]})
 

@@ -91,7 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="shard the replay over a Dask cluster: a scheduler address "
         "(tcp://host:8786) or local[:N] for N local worker processes (needs gate-reporter[dask])",
     )
-    replay.add_argument("--key", default="x", help="array name inside an .npz or .pt dict (default x)")
+    replay.add_argument(
+        "--key", help="the array of an .npz or .pt dict that holds the windows (default: the model input's name, or x)"
+    )
+    replay.add_argument(
+        "--feed",
+        action="append",
+        metavar="NAME=VALUE",
+        help="give model input NAME the same value for every window: a number, a JSON list, zeros, or a .npy file "
+        "(repeatable; inputs that differ per window go in the windows .npz under their own names)",
+    )
     replay.add_argument("--window", type=positive, help="steps per window, for .parquet/.csv tables")
     replay.add_argument("--stride", type=positive, help="steps between window starts in a table (default --window)")
     replay.add_argument("--columns", help="comma-separated table columns to use as features (default: all numeric)")

@@ -116,18 +116,21 @@ def run_replay(args: argparse.Namespace) -> int:
     """Replay a model over stored windows and write a run directory (atomically)."""
     from reporter.atomic import check_output_dir
     from reporter.pipeline.make_run import RunSettings, make_run
-    from reporter.pipeline.model_source import exposed_model
+    from reporter.pipeline.model_source import exposed_model, input_names
     from reporter.provenance import file_sha256
     from reporter.replay.anomaly import flagged
+    from reporter.replay.feeds import parse_feeds, plan_feeds, windows_key
     from reporter.replay.windows import open_windows_source
     from reporter.runstore import Run
 
     check_output_dir(args.output)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     reference = Run.load(args.reference) if args.reference else None
+    constant = parse_feeds(args.feed)
+    recipe = _recipe(args)
     source = open_windows_source(
         args.windows,
-        key=args.key,
+        key=windows_key(args.windows, input_names(recipe), args.key),
         window=args.window,
         stride=args.stride,
         columns=args.columns.split(",") if args.columns else None,
@@ -135,7 +138,8 @@ def run_replay(args: argparse.Namespace) -> int:
     )
     if len(source.skipped):
         say(f"skipped {len(source.skipped)} windows holding NaN or Inf (--nan skip)")
-    model = exposed_model(_recipe(args), source)
+    model = exposed_model(recipe, source)
+    feeds = plan_feeds(model.exposed, source, constant)
     settings = RunSettings(
         model=args.name or args.checkpoint.stem,
         version=args.version or file_sha256(args.checkpoint)[:8],
@@ -144,7 +148,7 @@ def run_replay(args: argparse.Namespace) -> int:
         workers=args.workers,
         dask=args.dask,
     )
-    run = make_run(model, source, settings, reference, say)
+    run = make_run(model, source, settings, reference, say, feeds)
     run.save(args.output)
     count = int(flagged(run.window_scores["anomaly_score"].to_numpy()).sum())
     print(

@@ -14,7 +14,7 @@ import torch
 
 from reporter.errors import CheckpointError, WindowsFileError
 
-__all__ = ["ModelInput", "example_windows", "module_input", "onnx_input"]
+__all__ = ["GraphInput", "ModelInput", "example_windows", "graph_inputs", "module_input", "onnx_input"]
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 _INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
@@ -31,13 +31,49 @@ class ModelInput:
     vocab: int | None = None  # embedding rows, for token input, when the graph shows them
 
 
-def onnx_input(model: onnx.ModelProto) -> ModelInput:
-    """Read the first real graph input's element type and shape (and vocabulary, from its Gather)."""
+@dataclass(frozen=True)
+class GraphInput:
+    """One input of an ONNX graph as a feed must match it: name, element type and dims."""
+
+    name: str
+    dtype: np.dtype
+    dims: tuple  # an int per fixed axis, the symbolic name (str) or None per dynamic one
+
+    @property
+    def shape_text(self) -> str:
+        """The shape as people read it: [batch, 2, 64]."""
+        return "[" + ", ".join(str(dim) if dim is not None else "?" for dim in self.dims) + "]"
+
+    def dynamic_axes(self) -> list[int]:
+        """The axes whose size the graph leaves open."""
+        return [axis for axis, dim in enumerate(self.dims) if not isinstance(dim, int)]
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[GraphInput]:
+    """Every input the graph must be fed (initializers that double as inputs left out), in order."""
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    found = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dims = tuple(
+            dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else (dim.dim_param or None)
+            for dim in tensor.shape.dim
+        )
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else np.dtype(np.float32)
+        found.append(GraphInput(value.name, np.dtype(dtype), dims))
+    return found
+
+
+def onnx_input(model: onnx.ModelProto, name: str | None = None) -> ModelInput:
+    """Read the graph input the windows feed (`name`, else the first) with its element type and
+    shape (and vocabulary, from its Gather)."""
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     inputs = [value for value in model.graph.input if value.name not in initializers]
     if not inputs:
         raise WindowsFileError("model: has no graph input to feed windows to")
-    value = inputs[0]
+    value = next((value for value in inputs if value.name == name), inputs[0])
     tensor_type = value.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
     steps = dims[1] if len(dims) >= 2 else None

@@ -22,6 +22,7 @@ from reporter.layers import gate_order
 from reporter.pipeline.model_source import ModelSource
 from reporter.provenance import made_at, package_versions
 from reporter.replay.anomaly import explain_window, feature_names, score_windows, typical_from_timestep_stats
+from reporter.replay.feeds import Feeds
 from reporter.replay.gate_moments import StatsConfig
 from reporter.replay.impulse import impulse_response
 from reporter.replay.runner import Replayer, ReplayResult, choose_provider
@@ -93,7 +94,7 @@ def _traces(
 ) -> dict[str, np.ndarray]:
     """Full traces of the sampled windows: inputs, every gate (float16) and the model outputs."""
     windows = source.take(indices)
-    outputs = replayer.run_batch(windows)
+    outputs = replayer.run_batch(windows, indices)
     traces = {"window": indices, "reason": reasons.astype("U16"), "x": windows}
     for layer, gates in replayer.gates(outputs).items():
         for gate, trace in gates.items():
@@ -127,7 +128,11 @@ def _impulse(replayer: Replayer, source: WindowSource, settings: RunSettings) ->
     count = min(settings.impulse_windows, len(kept))
     chosen = np.sort(np.random.default_rng(settings.seed + 1).choice(kept, size=count, replace=False))
     return impulse_response(
-        replayer.run_batch, source.take(chosen), replayer.layers, replayer.output_names, seed=settings.seed
+        lambda windows: replayer.run_batch(windows, chosen),
+        source.take(chosen),
+        replayer.layers,
+        replayer.output_names,
+        seed=settings.seed,
     )
 
 
@@ -176,11 +181,18 @@ def make_run(
     settings: RunSettings,
     reference: Run | None = None,
     say: Callable[[str], None] = lambda line: None,
+    feeds: Feeds | None = None,
 ) -> Run:
-    """Replay, score, sample, explain and measure: everything a run directory holds."""
+    """Replay, score, sample, explain and measure: everything a run directory holds. `feeds` says
+    where the model's inputs besides its windows come from (`replay.feeds.plan_feeds`)."""
     if settings.dask:
         from reporter.replay.dask_shards import replay_on_dask
 
+        if feeds is not None and (feeds.per_window or feeds.constant):
+            raise RunError(
+                "--dask replays models whose one input is the windows; this model takes "
+                f"{', '.join(feeds.inputs)}: replay it without --dask"
+            )
         provider = "cpu"
         result = replay_on_dask(
             settings.dask, model.exposed, model.layers, source, settings.batch_size, settings.stats, say
@@ -189,7 +201,7 @@ def make_run(
     else:
         provider, why = choose_provider(settings.provider)
         say(why)
-        replayer = Replayer(model.exposed, model.layers, provider, settings.workers, settings.stats)
+        replayer = Replayer(model.exposed, model.layers, provider, settings.workers, settings.stats, feeds)
         result = replayer.replay(source, settings.batch_size)
     say(
         f"replayed {source.n_windows} windows in {result.seconds:.1f} s ({result.windows_per_second:.0f} windows/s, "
@@ -203,8 +215,11 @@ def make_run(
     say("measuring impulse responses …")
     impulse = _impulse(replayer, source, settings)
     frames = result.stats.to_frames()
+    meta = _meta(model, source, settings, result, reference)
+    if feeds is not None:
+        meta["inputs"] = feeds.describe()
     return Run(
-        meta=_meta(model, source, settings, result, reference),
+        meta=meta,
         layers=model.layers,
         gate_stats=frames.gate_stats,
         timestep_stats=frames.timestep_stats,

@@ -17,12 +17,12 @@ import onnx
 from reporter.errors import CheckpointError, ModelError
 from reporter.layers import Layer
 from reporter.model.checkpoints import LoadedCheckpoint, load_checkpoint
-from reporter.model.export import export_module
+from reporter.model.export import INPUT_NAME, export_module
 from reporter.model.expose import expose_gates
-from reporter.model.inputs import example_windows, module_input, onnx_input
+from reporter.model.inputs import example_windows, graph_inputs, module_input, onnx_input
 from reporter.replay.windows import WindowSource
 
-__all__ = ["ModelRecipe", "ModelSource", "exposed_model", "fused_model_and_windows"]
+__all__ = ["ModelRecipe", "ModelSource", "exposed_model", "fused_model_and_windows", "input_names"]
 
 PARITY_WINDOWS = 8  # windows on which export parity is measured
 
@@ -54,6 +54,17 @@ class ModelSource:
     exporter: str | None
 
 
+def input_names(recipe: ModelRecipe) -> list[str]:
+    """The names of the inputs the model will take, before it is exported: an ONNX file's graph
+    inputs (read without its weights), or the one input a torch export names "x"."""
+    if recipe.checkpoint.suffix.lower() != ".onnx" or not recipe.checkpoint.is_file():
+        return [INPUT_NAME]
+    try:
+        return [spec.name for spec in graph_inputs(onnx.load(str(recipe.checkpoint), load_external_data=False))]
+    except Exception:  # noqa: BLE001 - an unreadable file is reported, by name, when it is loaded for real
+        return [INPUT_NAME]
+
+
 def _as_model_input(windows: np.ndarray) -> np.ndarray:
     """Float windows as float32, token ids as int64: what exported models take."""
     return windows.astype(np.float32 if windows.dtype.kind == "f" else np.int64, copy=False)
@@ -79,7 +90,7 @@ def exposed_model(recipe: ModelRecipe, windows: WindowSource | None = None) -> M
     if loaded.onnx_model is not None:
         exposed, layers = _expose(recipe.checkpoint, loaded.onnx_model)
         if windows is not None:
-            windows.check(onnx_input(exposed))
+            windows.check(onnx_input(exposed, windows.recipe.get("key")))
         return ModelSource(loaded, loaded.onnx_model, exposed, layers, None, None)
     if windows is not None:
         windows.check(module_input(loaded.module))

@@ -22,12 +22,20 @@ from reporter.config import RunConfig
 from reporter.errors import RunError
 from reporter.names import slug
 from reporter.pipeline.make_run import RunSettings, make_run
-from reporter.pipeline.model_source import ModelRecipe, exposed_model
+from reporter.pipeline.model_source import ModelRecipe, exposed_model, input_names
 from reporter.provenance import file_sha256
+from reporter.replay.feeds import feed_value, plan_feeds, windows_key
 from reporter.replay.windows import open_windows_source
 from reporter.runstore import SCHEMA_VERSION, Run
 
 __all__ = ["cache_key", "cached_run"]
+
+
+def _feed_identity(value) -> object:
+    """A fed value as the cache key sees it: a .npy file by its content."""
+    if isinstance(value, str) and value.endswith(".npy"):
+        return file_sha256(value)
+    return value
 
 
 def cache_key(run: RunConfig, settings: RunSettings) -> str:
@@ -37,6 +45,7 @@ def cache_key(run: RunConfig, settings: RunSettings) -> str:
         "windows": file_sha256(run.windows),
         "factory": run.factory,
         "factory_kwargs": run.factory_kwargs,
+        "feed": {name: _feed_identity(value) for name, value in run.feed.items()},
         "model": run.model,
         "version": run.version,
         "settings": {key: str(value) for key, value in asdict(settings).items()},
@@ -61,9 +70,11 @@ def cached_run(run: RunConfig, cache: Path, say: Callable[[str], None] = lambda 
         except RunError:
             pass  # a damaged entry is simply made again
     say(f"{run.model} {run.version}: replaying {run.windows.name} …")
-    source = open_windows_source(run.windows)
-    model = exposed_model(ModelRecipe(run.checkpoint, run.factory, run.factory_kwargs, run.trust_pickle), source)
-    made = make_run(model, source, settings, None, say)
+    recipe = ModelRecipe(run.checkpoint, run.factory, run.factory_kwargs, run.trust_pickle)
+    source = open_windows_source(run.windows, key=windows_key(run.windows, input_names(recipe)))
+    model = exposed_model(recipe, source)
+    constant = {name: feed_value(name, value) for name, value in run.feed.items()}
+    made = make_run(model, source, settings, None, say, plan_feeds(model.exposed, source, constant))
     made.meta["cache_key"] = key
     cache.mkdir(parents=True, exist_ok=True)
     made.save(folder)

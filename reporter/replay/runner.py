@@ -32,6 +32,7 @@ from tqdm import tqdm
 from reporter.errors import ReporterError
 from reporter.layers import Layer
 from reporter.replay.anomaly import feature_names, window_features
+from reporter.replay.feeds import Feeds
 from reporter.replay.gate_moments import StatsConfig
 from reporter.replay.stats import RunStats
 from reporter.replay.windows import WindowSource
@@ -127,13 +128,14 @@ def open_session(model: bytes, provider: str, threads: int = 1) -> ort.Inference
 
 
 def run_bound(
-    session: ort.InferenceSession, input_name: str, windows: np.ndarray, names: list[str], device: str
+    session: ort.InferenceSession, feed: dict[str, np.ndarray], names: list[str], device: str
 ) -> dict[str, np.ndarray]:
-    """Run one batch with IO binding: the input is copied to `device` once, and every output is
+    """Run one batch with IO binding: each input is copied to `device` once, and every output is
     written by the provider straight into host memory, where the accumulators read it. No output
     is kept on the device or copied twice; outputs nothing reads are not fetched at all."""
     binding = session.io_binding()
-    binding.bind_ortvalue_input(input_name, ort.OrtValue.ortvalue_from_numpy(windows, device, 0))
+    for name, value in feed.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device, 0))
     for name in names:
         binding.bind_output(name, "cpu")
     session.run_with_iobinding(binding)
@@ -215,29 +217,34 @@ class Replayer:
         provider: str = "cpu",
         workers: int | None = None,
         stats_config: StatsConfig | None = None,
+        feeds: Feeds | None = None,
     ):
         tune_allocator()
         self.layers, self.provider, self.stats_config = layers, provider, stats_config or StatsConfig()
+        self.feeds = feeds  # the model's other inputs (`replay.feeds`); None: the windows are its one input
         self.model_bytes = exposed.SerializeToString()
         self.output_names = [name for name in model_output_names(exposed, layers) if _batch_major(exposed, name)]
         # On CUDA too: the statistics run on the host and cost far more than the model (`bench --replay`).
         self.workers = max(1, workers or min(2, os.cpu_count() or 1))
         self._sessions = [open_session(self.model_bytes, provider) for _ in range(self.workers)]
-        self.input_name = self._sessions[0].get_inputs()[0].name
-        self.input_dtype = _ORT_TYPES.get(self._sessions[0].get_inputs()[0].type)  # windows are float32 or int64
+        self.input_name = feeds.primary if feeds else self._sessions[0].get_inputs()[0].name
+        primary = next(spec for spec in self._sessions[0].get_inputs() if spec.name == self.input_name)
+        self.input_dtype = _ORT_TYPES.get(primary.type)  # windows are float32 or int64
         self.names = [output.name for output in self._sessions[0].get_outputs()]
 
-    def run_batch(self, windows: np.ndarray) -> dict[str, np.ndarray]:
-        """Every graph output (model outputs and gates) for a few windows."""
-        return self._run(self._sessions[0], windows)
+    def run_batch(self, windows: np.ndarray, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Every graph output (model outputs and gates) for a few windows (`indices`: their file
+        indices, which inputs stored per window need)."""
+        return self._run(self._sessions[0], windows, indices)
 
-    def _run(self, session: ort.InferenceSession, windows: np.ndarray) -> dict[str, np.ndarray]:
+    def _run(self, session: ort.InferenceSession, windows: np.ndarray, indices: np.ndarray | None) -> dict:
         """One batch through one session; on CUDA through IO binding (see `run_bound`)."""
         if self.input_dtype is not None and windows.dtype != self.input_dtype:
             windows = windows.astype(self.input_dtype)  # an int32-id or float16/float64 model input
+        feed = self.feeds.batch(windows, indices) if self.feeds else {self.input_name: windows}
         if self.provider == "cuda":
-            return run_bound(session, self.input_name, windows, self.names, "cuda")
-        return dict(zip(self.names, session.run(None, {self.input_name: windows})))
+            return run_bound(session, feed, self.names, "cuda")
+        return dict(zip(self.names, session.run(None, feed)))
 
     def gates(self, outputs: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
         """Regroup a batch's graph outputs as {layer name: {gate: [B, T, D, H]}}."""
@@ -309,7 +316,7 @@ class Replayer:
                 if item is None:
                     return
                 indices, windows = item
-                outputs = self._run(session, windows)
+                outputs = self._run(session, windows, indices)
                 self._fold(stats, rows, indices, outputs)
                 bar.update(len(indices))
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it

@@ -1,0 +1,186 @@
+"""What every model input gets, batch by batch: the windows, arrays stored beside them, constants.
+
+A model may take more than its windows: a sample rate, a mask, an initial recurrent state. Each
+graph input is fed from one of three places, chosen once before replay starts:
+
+    the windows         the windows file's array for the model's input (`--key`; in an .npz, by
+                        default the array named after the first input, else "x")
+    per window          another array of the same .npz named after the input, first axis = windows
+    every window alike  `--feed NAME=VALUE` (`feed = { NAME = VALUE }` in reporter.toml): a number,
+                        a JSON list, `zeros`, or a .npy file
+
+An input fed from nowhere stops replay before it starts, naming each such input with its shape
+and both ways to feed it. A constant's one open axis takes the batch size, so an initial state
+`zeros` for `[layers, batch, hidden]` fits every batch.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from reporter.errors import WindowsFileError
+from reporter.model.inputs import GraphInput, graph_inputs
+from reporter.replay.window_readers import open_rows
+from reporter.replay.windows import WindowSource
+
+__all__ = ["FEED_VALUES", "Feeds", "feed_value", "parse_feeds", "plan_feeds", "windows_key"]
+
+FEED_VALUES = "a number, a JSON list, zeros, or a .npy file"
+
+
+def feed_value(name: str, value) -> np.ndarray | str:
+    """One --feed value: a number or list (an array), "zeros", or a .npy file (read without pickles)."""
+    if isinstance(value, str) and value.strip() == "zeros":
+        return "zeros"
+    if isinstance(value, str) and value.strip().endswith(".npy"):
+        path = Path(value.strip())
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise WindowsFileError(f"--feed {name}={value}: cannot read {path} ({exc})") from None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise WindowsFileError(f"--feed {name}={value}: expected {FEED_VALUES}") from None
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise WindowsFileError(f"--feed {name}={value!r}: expected {FEED_VALUES}")
+    return array
+
+
+def parse_feeds(items: list[str] | None) -> dict[str, np.ndarray | str]:
+    """--feed NAME=VALUE options (repeatable) as {name: value}."""
+    feeds = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise WindowsFileError(f"--feed {item}: expected NAME=VALUE, VALUE being {FEED_VALUES}")
+        feeds[name] = feed_value(name, value)
+    return feeds
+
+
+def _constant(spec: GraphInput, value: np.ndarray | str, batch: int) -> np.ndarray:
+    """A constant shaped for a batch: its one open axis takes the batch size."""
+    open_axes = spec.dynamic_axes()
+    if isinstance(value, str) or value.ndim == 0:
+        if len(open_axes) > 1:
+            raise WindowsFileError(
+                f"--feed {spec.name}: input {spec.name} {spec.shape_text} has {len(open_axes)} open "
+                "axes; give a .npy file of its full shape"
+            )
+        shape = [batch if axis in open_axes else dim for axis, dim in enumerate(spec.dims)]
+        fill = 0 if isinstance(value, str) else value
+        return np.full(shape, fill, dtype=spec.dtype)
+    if value.ndim != len(spec.dims) or any(
+        isinstance(dim, int) and dim != size for dim, size in zip(spec.dims, value.shape)
+    ):
+        raise WindowsFileError(
+            f"--feed {spec.name}: input {spec.name} is {spec.shape_text}, the value fed has shape {list(value.shape)}"
+        )
+    if len(open_axes) == 1 and value.shape[open_axes[0]] == 1:  # one row, repeated for every window of the batch
+        shape = list(value.shape)
+        shape[open_axes[0]] = batch
+        value = np.broadcast_to(value, shape)
+    return np.ascontiguousarray(value, dtype=spec.dtype)
+
+
+@dataclass
+class Feeds:
+    """Where each graph input comes from; `batch` builds the feed of one batch of windows."""
+
+    primary: str  # the input the windows go to
+    inputs: dict[str, GraphInput]
+    per_window: dict[str, object] = field(default_factory=dict)  # name -> row reader of the windows .npz
+    constant: dict[str, np.ndarray | str] = field(default_factory=dict)
+    _shaped: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    def batch(self, windows: np.ndarray, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Every input's value for these windows (`indices`: their file indices, for per-window arrays)."""
+        feed = {self.primary: windows}
+        if self.per_window and indices is None:
+            raise ValueError("per-window inputs need the windows' file indices")
+        for name, rows in self.per_window.items():
+            feed[name] = np.ascontiguousarray(rows.take(np.asarray(indices)), dtype=self.inputs[name].dtype)
+        for name, value in self.constant.items():
+            key = (name, len(windows))
+            if key not in self._shaped:
+                self._shaped[key] = _constant(self.inputs[name], value, len(windows))
+            feed[name] = self._shaped[key]
+        return feed
+
+    def describe(self) -> dict:
+        """For run.json: which input took the windows, which came per window, which were fed."""
+        constant = {
+            name: value
+            if isinstance(value, str)
+            else value.tolist()
+            if value.size <= 16
+            else f"array {list(value.shape)}"
+            for name, value in self.constant.items()
+        }
+        return {"windows": self.primary, "per_window": sorted(self.per_window), "constant": constant}
+
+
+def _npz_members(path: Path) -> list[str]:
+    if path.suffix.lower() != ".npz":
+        return []
+    with zipfile.ZipFile(path) as archive:
+        return [name[:-4] if name.endswith(".npy") else name for name in archive.namelist()]
+
+
+def windows_key(path: Path, input_names: list[str], requested: str | None = None) -> str:
+    """Which array of a windows file feeds the model's windows: the one asked for, else in an .npz
+    the first input's own name when it is there, else "x"."""
+    if requested:
+        return requested
+    try:
+        members = _npz_members(Path(path)) if Path(path).is_file() else []
+    except (OSError, zipfile.BadZipFile):
+        members = []  # an unreadable file is reported, by name, when the windows are opened
+    return next((name for name in input_names if name in members), "x")
+
+
+def plan_feeds(model: onnx.ModelProto, source: WindowSource, constant: dict | None = None) -> Feeds:
+    """Decide where each of the model's inputs comes from; refuse inputs fed from nowhere."""
+    inputs = {spec.name: spec for spec in graph_inputs(model)}
+    constant = dict(constant or {})
+    unknown = [name for name in constant if name not in inputs]
+    if unknown:
+        raise WindowsFileError(
+            f"--feed {unknown[0]}: the model has no input {unknown[0]!r}; its inputs: {', '.join(inputs)}"
+        )
+    for name, value in constant.items():
+        _constant(inputs[name], value, 1)  # a value that cannot fit is refused before replay starts
+    key = source.recipe.get("key", "x")
+    primary = key if key in inputs else next(iter(inputs))
+    feeds = Feeds(primary, inputs, constant=constant)
+    for name in _npz_members(source.path):
+        if name in inputs and name != primary and name not in constant:
+            rows = open_rows(source.path, name, None, None, None)
+            if not rows.shape or rows.shape[0] != source.shape[0]:
+                raise WindowsFileError(
+                    f"{source.path}: array {name!r} has {rows.shape[:1] or 'no'} rows, the "
+                    f"windows {source.shape[0]}: a per-window input needs one row per window"
+                )
+            feeds.per_window[name] = rows
+    missing = [
+        spec
+        for name, spec in inputs.items()
+        if name != primary and name not in feeds.per_window and name not in constant
+    ]
+    if missing:
+        named = ", ".join(f"{spec.name} {spec.dtype} {spec.shape_text}" for spec in missing)
+        first = missing[0].name
+        raise WindowsFileError(
+            f"{source.path}: the model's inputs {named} are not fed: store an array per input in "
+            f"the windows .npz (first axis = windows, e.g. '{first}'), or pass --feed {first}=VALUE "
+            f"for every window alike ({FEED_VALUES})"
+        )
+    return feeds
