@@ -9,6 +9,7 @@
     checkpoint = "….pt"           factory = "package.module:function"
     factory_kwargs = { … }        windows = "….npz"          baseline = "v1"
     feed = { sr = 16000, h = "zeros" }   # model inputs fed the same for every window
+    carry = { state = "stateN" }         # a streaming model's state, fed back call after call
 
     [check]                       # thresholds for `gate-report check` and the diff pages
     saturation_delta = 0.1        wasserstein = 0.05   anomaly_rate_delta = 0.05   output_drift = 0.1
@@ -40,6 +41,7 @@ _RUN_KEYS = {
     "baseline",
     "trust_pickle",
     "feed",
+    "carry",
 }
 _REQUIRED_RUN_KEYS = ("model", "version", "checkpoint", "windows")
 
@@ -57,6 +59,7 @@ class RunConfig:
     baseline: str | None = None
     trust_pickle: bool = False
     feed: dict = field(default_factory=dict)  # input name -> a number, a list, "zeros" or a .npy path (relative)
+    carry: dict | None = None  # state input -> the output fed back to it (None: detected)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,9 @@ def _run(path: Path, index: int, table: dict) -> RunConfig:
     trust = table.get("trust_pickle", False)
     if not isinstance(trust, bool):
         raise ConfigError(f"{path}: {where}.trust_pickle must be true or false")
+    carry = table.get("carry")
+    if carry is not None and not (isinstance(carry, dict) and all(isinstance(v, str) for v in carry.values())):
+        raise ConfigError(f'{path}: {where}.carry must be a table of input = "output"')
     feed = table.get("feed", {})
     if not isinstance(feed, dict) or not all(isinstance(value, (int, float, str, list)) for value in feed.values()):
         raise ConfigError(f'{path}: {where}.feed must be a table of input = a number, a list, "zeros" or a .npy path')
@@ -115,6 +121,7 @@ def _run(path: Path, index: int, table: dict) -> RunConfig:
         factory_kwargs=kwargs,
         baseline=_string(path, where, table, "baseline"),
         trust_pickle=trust,
+        carry=carry,
         feed={
             name: str(base / value) if isinstance(value, str) and value.endswith(".npy") else value
             for name, value in feed.items()

@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="give model input NAME the same value for every window: a number, a JSON list, zeros, or a .npy file "
         "(repeatable; inputs that differ per window go in the windows .npz under their own names)",
     )
+    replay.add_argument(
+        "--carry",
+        action="append",
+        metavar="IN=OUT",
+        help="a streaming model's state: windows are [N, T, …one call's input…], the model is called T times and "
+        "output OUT is fed back to input IN (repeatable; detected from paired names like state/stateN)",
+    )
     replay.add_argument("--window", type=positive, help="steps per window, for .parquet/.csv tables")
     replay.add_argument("--stride", type=positive, help="steps between window starts in a table (default --window)")
     replay.add_argument("--columns", help="comma-separated table columns to use as features (default: all numeric)")

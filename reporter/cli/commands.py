@@ -119,14 +119,14 @@ def run_replay(args: argparse.Namespace) -> int:
     from reporter.pipeline.model_source import exposed_model, input_names
     from reporter.provenance import file_sha256
     from reporter.replay.anomaly import flagged
-    from reporter.replay.feeds import parse_feeds, plan_feeds, windows_key
+    from reporter.replay.feeds import parse_carry, parse_feeds, plan_feeds, windows_key
     from reporter.replay.windows import open_windows_source
     from reporter.runstore import Run
 
     check_output_dir(args.output)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     reference = Run.load(args.reference) if args.reference else None
-    constant = parse_feeds(args.feed)
+    constant, carry = parse_feeds(args.feed), parse_carry(args.carry)
     recipe = _recipe(args)
     source = open_windows_source(
         args.windows,
@@ -135,11 +135,12 @@ def run_replay(args: argparse.Namespace) -> int:
         stride=args.stride,
         columns=args.columns.split(",") if args.columns else None,
         nan=args.nan,
+        any_rank=recipe.checkpoint.suffix.lower() == ".onnx",  # an ONNX graph says which windows fit
     )
     if len(source.skipped):
         say(f"skipped {len(source.skipped)} windows holding NaN or Inf (--nan skip)")
     model = exposed_model(recipe, source)
-    feeds = plan_feeds(model.exposed, source, constant)
+    feeds = plan_feeds(model.exposed, source, constant, carry, say)
     settings = RunSettings(
         model=args.name or args.checkpoint.stem,
         version=args.version or file_sha256(args.checkpoint)[:8],

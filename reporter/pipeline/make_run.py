@@ -22,7 +22,7 @@ from reporter.layers import gate_order
 from reporter.pipeline.model_source import ModelSource
 from reporter.provenance import made_at, package_versions
 from reporter.replay.anomaly import explain_window, feature_names, score_windows, typical_from_timestep_stats
-from reporter.replay.feeds import Feeds
+from reporter.replay.feeds import Feeds, plan_feeds
 from reporter.replay.gate_moments import StatsConfig
 from reporter.replay.impulse import impulse_response
 from reporter.replay.runner import Replayer, ReplayResult, choose_provider
@@ -185,10 +185,11 @@ def make_run(
 ) -> Run:
     """Replay, score, sample, explain and measure: everything a run directory holds. `feeds` says
     where the model's inputs besides its windows come from (`replay.feeds.plan_feeds`)."""
+    feeds = feeds or plan_feeds(model.exposed, source, say=say)
     if settings.dask:
         from reporter.replay.dask_shards import replay_on_dask
 
-        if feeds is not None and (feeds.per_window or feeds.constant):
+        if feeds is not None and (feeds.per_window or feeds.constant or feeds.carry or feeds.one_window_per_call):
             raise RunError(
                 "--dask replays models whose one input is the windows; this model takes "
                 f"{', '.join(feeds.inputs)}: replay it without --dask"
@@ -215,9 +216,7 @@ def make_run(
     say("measuring impulse responses …")
     impulse = _impulse(replayer, source, settings)
     frames = result.stats.to_frames()
-    meta = _meta(model, source, settings, result, reference)
-    if feeds is not None:
-        meta["inputs"] = feeds.describe()
+    meta = {**_meta(model, source, settings, result, reference), "inputs": feeds.describe()}
     return Run(
         meta=meta,
         layers=model.layers,

@@ -1,9 +1,10 @@
 """From a checkpoint to the models replay needs: the fused ONNX model and its gate-exposed twin.
 
 One path for `export`, `bench` and `replay`: load the checkpoint safely, check the windows
-against what the model takes (before export, so a mismatch is named as such, not as a torch
-error), export it (unless it is already ONNX) with parity measured on the first windows, expose
-the gates, and check the windows against the exposed graph's input.
+against what a torch module takes (before export, so a mismatch is named as such, not as a torch
+error), export it (unless it is already ONNX) with parity measured on the first windows, and
+expose the gates. How the windows and the model's other inputs feed the exposed graph is decided
+(and checked) by `replay.feeds.plan_feeds`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from reporter.layers import Layer
 from reporter.model.checkpoints import LoadedCheckpoint, load_checkpoint
 from reporter.model.export import INPUT_NAME, export_module
 from reporter.model.expose import expose_gates
-from reporter.model.inputs import example_windows, graph_inputs, module_input, onnx_input
+from reporter.model.inputs import example_windows, graph_inputs, module_input
 from reporter.replay.windows import WindowSource
 
 __all__ = ["ModelRecipe", "ModelSource", "exposed_model", "fused_model_and_windows", "input_names"]
@@ -88,9 +89,7 @@ def exposed_model(recipe: ModelRecipe, windows: WindowSource | None = None) -> M
     and their first windows are the export examples (else synthetic input shaped from the module)."""
     loaded = recipe.load()
     if loaded.onnx_model is not None:
-        exposed, layers = _expose(recipe.checkpoint, loaded.onnx_model)
-        if windows is not None:
-            windows.check(onnx_input(exposed, windows.recipe.get("key")))
+        exposed, layers = _expose(recipe.checkpoint, loaded.onnx_model)  # its windows: `replay.feeds.plan_feeds`
         return ModelSource(loaded, loaded.onnx_model, exposed, layers, None, None)
     if windows is not None:
         windows.check(module_input(loaded.module))
@@ -99,8 +98,6 @@ def exposed_model(recipe: ModelRecipe, windows: WindowSource | None = None) -> M
         examples = example_windows(loaded.module)
     result = export_module(loaded.module, examples, exporter=recipe.exporter, parity_windows=examples)
     exposed, layers = _expose(recipe.checkpoint, result.model)
-    if windows is not None:
-        windows.check(onnx_input(exposed))
     return ModelSource(loaded, result.model, exposed, layers, result.parity_max_abs, result.exporter)
 
 

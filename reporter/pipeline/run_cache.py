@@ -46,6 +46,7 @@ def cache_key(run: RunConfig, settings: RunSettings) -> str:
         "factory": run.factory,
         "factory_kwargs": run.factory_kwargs,
         "feed": {name: _feed_identity(value) for name, value in run.feed.items()},
+        "carry": run.carry,
         "model": run.model,
         "version": run.version,
         "settings": {key: str(value) for key, value in asdict(settings).items()},
@@ -71,10 +72,11 @@ def cached_run(run: RunConfig, cache: Path, say: Callable[[str], None] = lambda 
             pass  # a damaged entry is simply made again
     say(f"{run.model} {run.version}: replaying {run.windows.name} …")
     recipe = ModelRecipe(run.checkpoint, run.factory, run.factory_kwargs, run.trust_pickle)
-    source = open_windows_source(run.windows, key=windows_key(run.windows, input_names(recipe)))
+    array = windows_key(run.windows, input_names(recipe))
+    source = open_windows_source(run.windows, key=array, any_rank=run.checkpoint.suffix.lower() == ".onnx")
     model = exposed_model(recipe, source)
     constant = {name: feed_value(name, value) for name, value in run.feed.items()}
-    made = make_run(model, source, settings, None, say, plan_feeds(model.exposed, source, constant))
+    made = make_run(model, source, settings, None, say, plan_feeds(model.exposed, source, constant, run.carry, say))
     made.meta["cache_key"] = key
     cache.mkdir(parents=True, exist_ok=True)
     made.save(folder)

@@ -91,6 +91,7 @@ def replay_shard(
         stride=recipe.get("stride"),
         columns=recipe.get("columns"),
         nan=recipe.get("nan", "error"),
+        any_rank=recipe.get("any_rank", False),
         skipped=skipped,
     )
     here = _identity(source)

@@ -25,11 +25,20 @@ import numpy as np
 import onnx
 
 from reporter.errors import WindowsFileError
-from reporter.model.inputs import GraphInput, graph_inputs
+from reporter.model.inputs import GraphInput, graph_inputs, onnx_input
 from reporter.replay.window_readers import open_rows
 from reporter.replay.windows import WindowSource
 
-__all__ = ["FEED_VALUES", "Feeds", "feed_value", "parse_feeds", "plan_feeds", "windows_key"]
+__all__ = [
+    "FEED_VALUES",
+    "Feeds",
+    "detect_carry",
+    "feed_value",
+    "parse_carry",
+    "parse_feeds",
+    "plan_feeds",
+    "windows_key",
+]
 
 FEED_VALUES = "a number, a JSON list, zeros, or a .npy file"
 
@@ -93,30 +102,44 @@ def _constant(spec: GraphInput, value: np.ndarray | str, batch: int) -> np.ndarr
 
 @dataclass
 class Feeds:
-    """Where each graph input comes from; `batch` builds the feed of one batch of windows."""
+    """Where each graph input comes from; `batch` builds the feed of one batch of windows (or of
+    one window, or one chunk of them: `replay.calls` decides how many calls a batch takes)."""
 
     primary: str  # the input the windows go to
     inputs: dict[str, GraphInput]
     per_window: dict[str, object] = field(default_factory=dict)  # name -> row reader of the windows .npz
     constant: dict[str, np.ndarray | str] = field(default_factory=dict)
+    carry: dict[str, str] = field(default_factory=dict)  # state input -> the output fed back to it
+    batchless: bool = False  # the windows' input has no batch axis: one window per call
+    batch_of_one: bool = False  # the graph fixes the batch at 1: one window per call
     _shaped: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
 
-    def batch(self, windows: np.ndarray, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Every input's value for these windows (`indices`: their file indices, for per-window arrays)."""
+    @property
+    def one_window_per_call(self) -> bool:
+        return self.batchless or self.batch_of_one
+
+    def batch(self, windows: np.ndarray, indices: np.ndarray | None = None, batch: int | None = 0) -> dict:
+        """Every input's value for these windows (`indices`: their file indices, for per-window
+        arrays); `batch=None` for one window fed to an input without a batch axis."""
+        size = len(windows) if batch == 0 else 1
         feed = {self.primary: windows}
         if self.per_window and indices is None:
             raise ValueError("per-window inputs need the windows' file indices")
         for name, rows in self.per_window.items():
-            feed[name] = np.ascontiguousarray(rows.take(np.asarray(indices)), dtype=self.inputs[name].dtype)
+            value = np.ascontiguousarray(rows.take(np.asarray(indices)), dtype=self.inputs[name].dtype)
+            feed[name] = value if batch is not None else value[0]
         for name, value in self.constant.items():
-            key = (name, len(windows))
+            key = (name, size)
             if key not in self._shaped:
-                self._shaped[key] = _constant(self.inputs[name], value, len(windows))
+                self._shaped[key] = _constant(self.inputs[name], value, size)
             feed[name] = self._shaped[key]
+        for name in self.carry:  # a state not stored or fed starts from zeros
+            if name not in feed:
+                feed[name] = _constant(self.inputs[name], "zeros", size)
         return feed
 
     def describe(self) -> dict:
-        """For run.json: which input took the windows, which came per window, which were fed."""
+        """For run.json: which input took the windows, which came per window, which were fed or carried."""
         constant = {
             name: value
             if isinstance(value, str)
@@ -125,7 +148,12 @@ class Feeds:
             else f"array {list(value.shape)}"
             for name, value in self.constant.items()
         }
-        return {"windows": self.primary, "per_window": sorted(self.per_window), "constant": constant}
+        described = {"windows": self.primary, "per_window": sorted(self.per_window), "constant": constant}
+        if self.carry:
+            described["carry"] = dict(self.carry)
+        if self.one_window_per_call:
+            described["calls"] = "one window per call"
+        return described
 
 
 def _npz_members(path: Path) -> list[str]:
@@ -147,8 +175,101 @@ def windows_key(path: Path, input_names: list[str], requested: str | None = None
     return next((name for name in input_names if name in members), "x")
 
 
-def plan_feeds(model: onnx.ModelProto, source: WindowSource, constant: dict | None = None) -> Feeds:
-    """Decide where each of the model's inputs comes from; refuse inputs fed from nowhere."""
+def _pairs_as_state(state_in: str, state_out: str) -> bool:
+    """Whether an output's name reads as the next value of an input: state → stateN, h → hn, h0 → hn."""
+    stem = state_in[:-3] if state_in.endswith("_in") else state_in.rstrip("0")
+    candidates = {
+        state_in + "n",
+        state_in + "N",
+        state_in + "_out",
+        state_in + "_new",
+        "new_" + state_in,
+        stem + "n",
+        stem + "N",
+        stem + "_out",
+        "next_" + state_in,
+    }
+    return state_out in candidates
+
+
+def _output_dims(model: onnx.ModelProto) -> dict[str, tuple]:
+    dims = {}
+    for value in model.graph.output:
+        shape = value.type.tensor_type.shape.dim
+        dims[value.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in shape)
+    return dims
+
+
+def _same_shape(spec: GraphInput, dims: tuple) -> bool:
+    return len(spec.dims) == len(dims) and all(
+        not (isinstance(a, int) and isinstance(b, int)) or a == b for a, b in zip(spec.dims, dims)
+    )
+
+
+def detect_carry(model: onnx.ModelProto, primary: str) -> dict[str, str]:
+    """State inputs and the outputs that return them, told by their paired names and equal shapes."""
+    outputs = _output_dims(model)
+    carry = {}
+    for spec in graph_inputs(model):
+        if spec.name == primary:
+            continue
+        match = [name for name, dims in outputs.items() if _pairs_as_state(spec.name, name) and _same_shape(spec, dims)]
+        if len(match) == 1:
+            carry[spec.name] = match[0]
+    return carry
+
+
+def _checked_carry(model: onnx.ModelProto, inputs: dict[str, GraphInput], carry: dict[str, str]) -> dict[str, str]:
+    outputs = _output_dims(model)
+    for state_in, state_out in carry.items():
+        if state_in not in inputs:
+            raise WindowsFileError(
+                f"--carry {state_in}={state_out}: the model has no input {state_in!r}; its inputs: {', '.join(inputs)}"
+            )
+        if state_out not in outputs:
+            raise WindowsFileError(
+                f"--carry {state_in}={state_out}: the model has no output {state_out!r}; its "
+                f"outputs: {', '.join(outputs)}"
+            )
+        if not _same_shape(inputs[state_in], outputs[state_out]):
+            raise WindowsFileError(
+                f"--carry {state_in}={state_out}: input {inputs[state_in].shape_text} and output "
+                f"{list(outputs[state_out])} differ in shape"
+            )
+    return carry
+
+
+def parse_carry(items: list[str] | None) -> dict[str, str] | None:
+    """--carry IN=OUT options (repeatable) as {input: output}; None when none were given."""
+    if not items:
+        return None
+    pairs = [item.partition("=") for item in items]
+    bad = next((item for item, (a, sep, b) in zip(items, pairs) if not (a and sep and b)), None)
+    if bad is not None:
+        raise WindowsFileError(f"--carry {bad}: expected IN=OUT, a state input and the output that returns it")
+    return {a: b for a, _, b in pairs}
+
+
+def _check_windows(source: WindowSource, spec: GraphInput, per_call: tuple, mode: str) -> None:
+    """Each call's slice of the windows must fit the input's fixed axes."""
+    if len(per_call) != len(spec.dims) or any(
+        isinstance(dim, int) and dim != size for dim, size in zip(spec.dims, per_call)
+    ):
+        raise WindowsFileError(
+            f"{source.path}: windows {list(source.shape)} give {mode} calls of shape "
+            f"{list(per_call)}, but input {spec.name} is {spec.shape_text}"
+        )
+
+
+def plan_feeds(
+    model: onnx.ModelProto,
+    source: WindowSource,
+    constant: dict | None = None,
+    carry: dict[str, str] | None = None,
+    say=lambda line: None,
+) -> Feeds:
+    """Decide where each of the model's inputs comes from and how many calls a batch takes; refuse
+    inputs fed from nowhere. `carry` None: detected when the windows have one axis more than the input."""
     inputs = {spec.name: spec for spec in graph_inputs(model)}
     constant = dict(constant or {})
     unknown = [name for name in constant if name not in inputs]
@@ -160,7 +281,34 @@ def plan_feeds(model: onnx.ModelProto, source: WindowSource, constant: dict | No
         _constant(inputs[name], value, 1)  # a value that cannot fit is refused before replay starts
     key = source.recipe.get("key", "x")
     primary = key if key in inputs else next(iter(inputs))
-    feeds = Feeds(primary, inputs, constant=constant)
+    spec = inputs[primary]
+    extra_axis = len(source.shape) == len(spec.dims) + 1
+    if carry is None and extra_axis:
+        carry = detect_carry(model, primary)
+        if carry:
+            pairs = ", ".join(f"{a}={b}" for a, b in carry.items())
+            say(f"carrying state between calls: {pairs} (detected from the names and shapes; --carry sets it)")
+    carry = _checked_carry(model, inputs, carry or {})
+    if carry:
+        if not extra_axis:
+            raise WindowsFileError(
+                f"{source.path}: with --carry, windows are [N, T, …one call's input…]; these are "
+                f"{list(source.shape)} and input {primary} is {spec.shape_text}"
+            )
+        _check_windows(source, spec, (spec.dims[0], *source.shape[2:]), "per-chunk")
+    elif extra_axis:
+        _check_windows(source, spec, tuple(source.shape[1:]), "per-window")
+    else:
+        _check_windows(source, spec, (spec.dims[0], *source.shape[1:]), "per-batch")
+        source.check(onnx_input(model, primary))
+    feeds = Feeds(
+        primary,
+        inputs,
+        constant=constant,
+        carry=carry,
+        batchless=extra_axis and not carry,
+        batch_of_one=spec.dims[:1] == (1,),
+    )
     for name in _npz_members(source.path):
         if name in inputs and name != primary and name not in constant:
             rows = open_rows(source.path, name, None, None, None)
@@ -173,7 +321,7 @@ def plan_feeds(model: onnx.ModelProto, source: WindowSource, constant: dict | No
     missing = [
         spec
         for name, spec in inputs.items()
-        if name != primary and name not in feeds.per_window and name not in constant
+        if name != primary and name not in feeds.per_window and name not in constant and name not in carry
     ]
     if missing:
         named = ", ".join(f"{spec.name} {spec.dtype} {spec.shape_text}" for spec in missing)

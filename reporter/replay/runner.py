@@ -32,6 +32,7 @@ from tqdm import tqdm
 from reporter.errors import ReporterError
 from reporter.layers import Layer
 from reporter.replay.anomaly import feature_names, window_features
+from reporter.replay.calls import run_calls
 from reporter.replay.feeds import Feeds
 from reporter.replay.gate_moments import StatsConfig
 from reporter.replay.stats import RunStats
@@ -231,6 +232,7 @@ class Replayer:
         primary = next(spec for spec in self._sessions[0].get_inputs() if spec.name == self.input_name)
         self.input_dtype = _ORT_TYPES.get(primary.type)  # windows are float32 or int64
         self.names = [output.name for output in self._sessions[0].get_outputs()]
+        self._gate_outputs = {name for layer in layers for name in layer.outputs.values()}
 
     def run_batch(self, windows: np.ndarray, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Every graph output (model outputs and gates) for a few windows (`indices`: their file
@@ -241,10 +243,13 @@ class Replayer:
         """One batch through one session; on CUDA through IO binding (see `run_bound`)."""
         if self.input_dtype is not None and windows.dtype != self.input_dtype:
             windows = windows.astype(self.input_dtype)  # an int32-id or float16/float64 model input
-        feed = self.feeds.batch(windows, indices) if self.feeds else {self.input_name: windows}
         if self.provider == "cuda":
-            return run_bound(session, feed, self.names, "cuda")
-        return dict(zip(self.names, session.run(None, feed)))
+            call = functools.partial(run_bound, session, names=self.names, device="cuda")
+        else:
+            call = lambda feed: dict(zip(self.names, session.run(None, feed)))  # noqa: E731
+        if self.feeds is None:
+            return call({self.input_name: windows})
+        return run_calls(call, self.feeds, windows, indices, self._gate_outputs)
 
     def gates(self, outputs: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
         """Regroup a batch's graph outputs as {layer name: {gate: [B, T, D, H]}}."""

@@ -33,9 +33,12 @@ __all__ = ["FORMATS", "WindowSource", "open_windows_source"]
 _SCAN_VALUES = 1 << 22  # values per chunk of the NaN/range scan (16 MB of float32)
 
 
-def _model_dtype(path: Path, shape: tuple, dtype: np.dtype) -> np.dtype:
-    """float32 for float [N, T, F], int64 for integer [N, T]; anything else is an error."""
-    if dtype.kind == "f":
+def _model_dtype(path: Path, shape: tuple, dtype: np.dtype, any_rank: bool = False) -> np.dtype:
+    """float32 for float [N, T, F], int64 for integer [N, T]; anything else is an error. With
+    `any_rank`, any [N, T, …]: an ONNX model's input says what fits (`replay.feeds`)."""
+    if any_rank and len(shape) >= 2 and dtype.kind in "fiu":
+        model_dtype = np.dtype(np.float32 if dtype.kind == "f" else np.int64)
+    elif dtype.kind == "f":
         if len(shape) != 3:
             raise WindowsFileError(f"{path}: float windows must be [N, T, F], got shape {list(shape)}")
         model_dtype = np.dtype(np.float32)
@@ -77,7 +80,7 @@ class WindowSource:
 
     @property
     def features(self) -> int | None:
-        return self.shape[2] if self.kind == "float" else None
+        return self.shape[2] if self.kind == "float" and len(self.shape) > 2 else None
 
     def indices(self) -> np.ndarray:
         """File indices of the kept windows, ascending."""
@@ -160,7 +163,7 @@ def _scan(path: Path, rows, dtype: np.dtype, nan: str) -> tuple[np.ndarray, tupl
                 bad.append(first + np.flatnonzero(rows_bad))
                 if first_where is None:
                     where = np.argwhere(~finite)[0]
-                    first_where = (first + int(where[0]), int(where[1]), int(where[2]))
+                    first_where = (first + int(where[0]), int(where[1]), int(where[2]) if len(where) > 2 else 0)
         else:
             block_low, block_high = int(block.min()), int(block.max())
             low = block_low if low is None else min(low, block_low)
@@ -187,8 +190,10 @@ def open_windows_source(
     nan: str = "error",
     model_input: ModelInput | None = None,
     skipped: np.ndarray | None = None,
+    any_rank: bool = False,
 ) -> WindowSource:
-    """Open and validate a windows file; `model_input`, when given, is checked too.
+    """Open and validate a windows file; `model_input`, when given, is checked too. `any_rank`
+    admits windows of any rank [N, T, …], for models whose graph says what fits (ONNX files).
 
     `skipped`, when given, are the windows an earlier open of the same file found unusable: the
     NaN/Inf scan is not repeated (how a replay shard reopens the file on a cluster worker).
@@ -200,6 +205,7 @@ def open_windows_source(
         "stride": stride,
         "columns": list(columns) if columns else None,
         "nan": nan,
+        "any_rank": any_rank,
     }
     path = Path(path)
     if nan not in ("error", "skip"):
@@ -210,7 +216,7 @@ def open_windows_source(
         raise WindowsFileError(f"{path}: is empty")
     try:
         rows = open_rows(path, key, window, stride, columns)
-        dtype = _model_dtype(path, rows.shape, rows.dtype)
+        dtype = _model_dtype(path, rows.shape, rows.dtype, any_rank)
         if skipped is None:
             skipped, token_range = _scan(path, rows, dtype, nan)  # reads every byte: corrupt data shows up here
         else:

@@ -27,6 +27,7 @@ CAPTIONS = {
     "and the cell state from negative (blue) to positive (orange).",
 }
 _STEP = alt.X("t:Q", title="step in window")
+MAX_INPUT_LINES = 16  # wider inputs are drawn as their mean and RMS per step
 
 
 def _ticks(count: int, most: int = 16) -> list[int]:
@@ -41,7 +42,7 @@ def _step_axis(count: int) -> alt.Axis:
 
 
 def input_chart(x: np.ndarray) -> Figure:
-    """The window's input: one line per feature, or the token ids."""
+    """The window's input: one line per feature (mean and RMS for wide inputs), or the token ids."""
     if x.ndim == 1:
         data = pd.DataFrame({"t": np.arange(len(x)), "token": x.astype(np.int64)})
         chart = (
@@ -52,12 +53,16 @@ def input_chart(x: np.ndarray) -> Figure:
         return Figure(
             "input", CAPTIONS["input-tokens"], chart.properties(width=WIDTH, height=160, title="Input tokens")
         )
+    x = x.reshape(len(x), -1).astype(np.float64)  # a streaming model's chunks: [calls, values per call]
+    names = [f"feature {k}" for k in range(x.shape[1])]
+    if x.shape[1] > MAX_INPUT_LINES:  # wide chunks (audio samples): their level and energy per step
+        x, names = np.stack([x.mean(axis=1), np.sqrt((x**2).mean(axis=1))], axis=1), ["mean", "RMS"]
     steps, features = x.shape
     data = pd.DataFrame(
         {
             "t": np.repeat(np.arange(steps), features),
-            "feature": np.tile([f"feature {k}" for k in range(features)], steps),
-            "value": np.round(x.reshape(-1).astype(np.float64), DIGITS),
+            "feature": np.tile(names, steps),
+            "value": np.round(x.reshape(-1), DIGITS),
         }
     )
     encoding = {
