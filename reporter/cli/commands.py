@@ -128,18 +128,19 @@ def run_replay(args: argparse.Namespace) -> int:
     reference = Run.load(args.reference) if args.reference else None
     constant, carry = parse_feeds(args.feed), parse_carry(args.carry)
     recipe = _recipe(args)
+    loaded = recipe.load()
     source = open_windows_source(
         args.windows,
-        key=windows_key(args.windows, input_names(recipe), args.key),
+        key=windows_key(args.windows, input_names(loaded, args.windows), args.key),
         window=args.window,
         stride=args.stride,
         columns=args.columns.split(",") if args.columns else None,
         nan=args.nan,
-        any_rank=recipe.checkpoint.suffix.lower() == ".onnx",  # an ONNX graph says which windows fit
+        any_rank=loaded.onnx_model is not None,  # an ONNX graph says which windows fit
     )
     if len(source.skipped):
         say(f"skipped {len(source.skipped)} windows holding NaN or Inf (--nan skip)")
-    model = exposed_model(recipe, source)
+    model = exposed_model(recipe, source, loaded)
     feeds = plan_feeds(model.exposed, source, constant, carry, say)
     settings = RunSettings(
         model=args.name or args.checkpoint.stem,

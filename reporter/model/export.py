@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 
@@ -25,15 +25,13 @@ import onnxruntime as ort
 import torch
 
 from reporter.errors import ExportError
+from reporter.model.module_inputs import ModuleInputs
 
 __all__ = ["EXPORTERS", "ExportResult", "export_module", "output_parity"]
 
 EXPORTERS = ("legacy", "dynamo")
-INPUT_NAME = "x"
-_AXES = {0: "batch", 1: "time"}
 _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 @dataclass(frozen=True)
@@ -41,73 +39,60 @@ class ExportResult:
     """An exported model and what is known about how faithfully it copies the module."""
 
     model: onnx.ModelProto
-    input_name: str  # "x"
+    input_names: list[str]  # ["x"], or the forward's argument names or dict keys
     output_names: list[str]  # ["y"], or ["y0", "y1", ...] for several outputs
     exporter: str  # "legacy" | "dynamo"
     parity_max_abs: float  # max |onnxruntime - torch| over the parity windows, all outputs
 
+    @property
+    def input_name(self) -> str:
+        """The input the windows feed: "x", or the forward's first argument or dict key."""
+        return self.input_names[0]
+
 
 def export_module(
     module: torch.nn.Module,
-    example: np.ndarray | torch.Tensor,
+    example: np.ndarray | torch.Tensor | Mapping,
     *,
     exporter: str = "legacy",
     opset: int | None = None,
-    parity_windows: np.ndarray | torch.Tensor | Iterable[np.ndarray | torch.Tensor] | None = None,
+    parity_windows=None,
+    as_dict: bool = False,
 ) -> ExportResult:
-    """Export `module` for input like `example` (batch-first), then check it against torch."""
+    """Export `module` for input like `example` (batch-first), then check it against torch.
+
+    `example` is a windows array, or a mapping of name → array for a forward that takes several
+    tensors (in that order) or, with `as_dict`, one dict of them (`module_inputs`).
+    """
     if exporter not in EXPORTERS:
         choices = ", ".join(EXPORTERS)
         raise ExportError(f"{type(module).__name__}: unknown exporter {exporter!r}, expected one of {choices}")
-    x = _as_input(example, "example")
+    x = ModuleInputs.of(example, "example", as_dict)
     with _eval_mode(module):
         names = _output_names(module, x)
         model = _export_quietly(module, x, names, exporter, opset)
-    _check_dynamic_input(module, model, exporter)
-    output_parity(module, model, _resized(x))  # raises if the model only runs at the example's size
+    _check_dynamic_input(module, model, exporter, x)
+    output_parity(module, model, x.resized())  # raises if the model only runs at the example's size
     windows = x if parity_windows is None else parity_windows
-    return ExportResult(model, INPUT_NAME, names, exporter, output_parity(module, model, windows))
+    return ExportResult(model, list(x.tensors), names, exporter, output_parity(module, model, windows, as_dict))
 
 
-def output_parity(
-    module: torch.nn.Module,
-    model: onnx.ModelProto,
-    windows: np.ndarray | torch.Tensor | Iterable[np.ndarray | torch.Tensor],
-) -> float:
+def output_parity(module: torch.nn.Module, model: onnx.ModelProto, windows, as_dict: bool = False) -> float:
     """Return the largest |onnxruntime - torch| over every output of every window batch."""
     session = _session(model, type(module).__name__)
     worst = 0.0
     for batch in _batches(windows):
-        x = _as_input(batch, "parity window")
+        x = ModuleInputs.of(batch, "parity window", as_dict)
         try:
             worst = max(worst, _max_abs_diff(_torch_run(module, x), _onnx_run(session, x)))
         except ExportError as exc:
-            raise ExportError(f"{type(module).__name__}: on a {list(x.shape)} window, {exc}") from exc
+            raise ExportError(f"{type(module).__name__}: on a {list(x.first.shape)} window, {exc}") from exc
     return worst
 
 
 def _batches(windows: object) -> list[object]:
-    """Treat one array as one batch, anything else as a sequence of batches."""
-    return [windows] if isinstance(windows, (np.ndarray, torch.Tensor)) else list(windows)
-
-
-def _as_input(value: object, what: str) -> torch.Tensor:
-    """Make a float32 [B, T, F] or int64 [B, T] tensor, widening float64 and int32 inputs."""
-    x = value.detach().cpu() if isinstance(value, torch.Tensor) else torch.tensor(np.asarray(value))
-    if x.is_floating_point() and x.ndim == 3:
-        return x.to(torch.float32)
-    if x.dtype in _INTEGER_DTYPES and x.ndim == 2:
-        return x.to(torch.int64)
-    raise ExportError(
-        f"{what}: expected float [batch, time, features] or integer token ids [batch, time], "
-        f"got {x.dtype} {list(x.shape)}"
-    )
-
-
-def _resized(x: torch.Tensor) -> torch.Tensor:
-    """Make a batch one longer on both dynamic axes, from the example's own values."""
-    batch, time = x.shape[:2]
-    return x.repeat(2, 2, *[1] * (x.ndim - 2))[: batch + 1, : time + 1]
+    """Treat one array (or one set of named arrays) as one batch, anything else as a sequence of batches."""
+    return [windows] if isinstance(windows, (np.ndarray, torch.Tensor, Mapping, ModuleInputs)) else list(windows)
 
 
 @contextlib.contextmanager
@@ -121,20 +106,20 @@ def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-def _torch_run(module: torch.nn.Module, x: torch.Tensor) -> list[np.ndarray]:
+def _torch_run(module: torch.nn.Module, x: ModuleInputs) -> list[np.ndarray]:
     """Run the module in eval mode without gradients, outputs flattened."""
     try:
         with _eval_mode(module), torch.no_grad():
-            outputs = module(x)
+            outputs = x.call(module)
     except Exception as exc:
         raise ExportError(f"torch fails: {_first_line(exc)}") from exc
     return [t.numpy() for t in _flatten(outputs)]
 
 
-def _onnx_run(session: ort.InferenceSession, x: torch.Tensor) -> list[np.ndarray]:
+def _onnx_run(session: ort.InferenceSession, x: ModuleInputs) -> list[np.ndarray]:
     """Run the exported model on one batch."""
     try:
-        return session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        return session.run(None, x.feed())
     except Exception as exc:
         raise ExportError(f"onnxruntime fails: {_first_line(exc)}") from exc
 
@@ -148,7 +133,7 @@ def _flatten(outputs: object) -> list[torch.Tensor]:
     raise ExportError(f"the module returned {type(outputs).__name__}; expected tensors or tuples of tensors")
 
 
-def _output_names(module: torch.nn.Module, x: torch.Tensor) -> list[str]:
+def _output_names(module: torch.nn.Module, x: ModuleInputs) -> list[str]:
     """Name one output "y", several "y0", "y1", ... (runs the module once)."""
     try:
         count = len(_torch_run(module, x))
@@ -158,7 +143,7 @@ def _output_names(module: torch.nn.Module, x: torch.Tensor) -> list[str]:
 
 
 def _export_quietly(
-    module: torch.nn.Module, x: torch.Tensor, names: list[str], exporter: str, opset: int | None
+    module: torch.nn.Module, x: ModuleInputs, names: list[str], exporter: str, opset: int | None
 ) -> onnx.ModelProto:
     """Run one exporter with its warnings, prints and log lines kept from the user."""
     export = _export_legacy if exporter == "legacy" else _export_dynamo
@@ -210,46 +195,43 @@ def _descriptors_muted() -> Iterator[None]:
         os.close(null)
 
 
-def _export_legacy(module: torch.nn.Module, x: torch.Tensor, names: list[str], opset: int | None) -> onnx.ModelProto:
+def _export_legacy(module: torch.nn.Module, x: ModuleInputs, names: list[str], opset: int | None) -> onnx.ModelProto:
     """Export through TorchScript tracing: fused LSTM/GRU/RNN nodes for every kind."""
     buffer = io.BytesIO()
     torch.onnx.export(
         module,
-        (x,),
+        x.export_args(),
         buffer,
         dynamo=False,
-        input_names=[INPUT_NAME],
+        input_names=list(x.tensors),
         output_names=names,
-        dynamic_axes={INPUT_NAME: _AXES},
+        dynamic_axes=x.dynamic_axes(),
         opset_version=opset,
     )
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _export_dynamo(module: torch.nn.Module, x: torch.Tensor, names: list[str], opset: int | None) -> onnx.ModelProto:
+def _export_dynamo(module: torch.nn.Module, x: ModuleInputs, names: list[str], opset: int | None) -> onnx.ModelProto:
     """Export through torch.export with symbolic batch and time dimensions."""
     # torch.export specialises any dimension of size 1 (and guards dims against 1), so trace on
     # an example at least 2 long on both axes and declare both dims with min=2; the ONNX model
     # still runs at size 1.
-    dims = {axis: torch.export.Dim(name, min=2) for axis, name in _AXES.items()}
+    symbols = {name: torch.export.Dim(name, min=2) for name in ("batch", "time")}
+    dims = {name: {axis: symbols[symbol] for axis, symbol in axes.items()} for name, axes in x.dynamic_axes().items()}
+    shapes = (dims,) if x.as_dict else tuple(dims.values())
     with _rnn_time_loops():
         program = torch.onnx.export(
             module,
-            (_at_least_two(x),),
+            x.at_least_two().export_args()[:1] if x.as_dict else x.at_least_two().export_args(),
             dynamo=True,
-            input_names=[INPUT_NAME],
+            input_names=list(x.tensors),
             output_names=names,
-            dynamic_shapes=(dims,),
+            dynamic_shapes=shapes,
             opset_version=opset,
             verbose=False,
             report=False,
         )
     return program.model_proto
-
-
-def _at_least_two(x: torch.Tensor) -> torch.Tensor:
-    """Repeat a batch along batch and time until both are at least 2 long (values don't matter)."""
-    return x.repeat(*[2 if axis < 2 and size < 2 else 1 for axis, size in enumerate(x.shape)])
 
 
 @contextlib.contextmanager
@@ -266,15 +248,18 @@ def _rnn_time_loops() -> Iterator[None]:
         yield
 
 
-def _check_dynamic_input(module: torch.nn.Module, model: onnx.ModelProto, exporter: str) -> None:
+def _check_dynamic_input(module: torch.nn.Module, model: onnx.ModelProto, exporter: str, x: ModuleInputs) -> None:
     """Refuse a model whose batch or time axis the exporter fixed to the example's size."""
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    for axis, name in _AXES.items():
-        if dims[axis].HasField("dim_value"):
-            raise ExportError(
-                f"{type(module).__name__}: {exporter} exporter fixed the {name} axis of the input to "
-                f"{dims[axis].dim_value}; try exporter='legacy'"
-            )
+    axes = x.dynamic_axes()
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        for axis, name in axes.get(value.name, {}).items():
+            if axis < len(dims) and dims[axis].HasField("dim_value"):
+                which = "the input" if len(axes) == 1 else f"input {value.name}"
+                raise ExportError(
+                    f"{type(module).__name__}: {exporter} exporter fixed the {name} axis of {which} to "
+                    f"{dims[axis].dim_value}; try exporter='legacy'"
+                )
 
 
 def _session(model: onnx.ModelProto, owner: str) -> ort.InferenceSession:

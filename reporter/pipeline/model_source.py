@@ -9,18 +9,23 @@ expose the gates. How the windows and the model's other inputs feed the exposed 
 
 from __future__ import annotations
 
+import inspect
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 
 from reporter.errors import CheckpointError, ModelError
 from reporter.layers import Layer
 from reporter.model.checkpoints import LoadedCheckpoint, load_checkpoint
-from reporter.model.export import INPUT_NAME, export_module
+from reporter.model.export import export_module
 from reporter.model.expose import expose_gates
 from reporter.model.inputs import example_windows, graph_inputs, module_input
+from reporter.model.module_inputs import INPUT_NAME, forward_arguments
+from reporter.replay.window_readers import open_rows
 from reporter.replay.windows import WindowSource
 
 __all__ = ["ModelRecipe", "ModelSource", "exposed_model", "fused_model_and_windows", "input_names"]
@@ -55,15 +60,37 @@ class ModelSource:
     exporter: str | None
 
 
-def input_names(recipe: ModelRecipe) -> list[str]:
-    """The names of the inputs the model will take, before it is exported: an ONNX file's graph
-    inputs (read without its weights), or the one input a torch export names "x"."""
-    if recipe.checkpoint.suffix.lower() != ".onnx" or not recipe.checkpoint.is_file():
-        return [INPUT_NAME]
+def _npz_arrays(path: Path | None) -> list[str]:
+    """The array names of a windows .npz (none for other formats or unreadable files)."""
+    if path is None or Path(path).suffix.lower() != ".npz":
+        return []
     try:
-        return [spec.name for spec in graph_inputs(onnx.load(str(recipe.checkpoint), load_external_data=False))]
-    except Exception:  # noqa: BLE001 - an unreadable file is reported, by name, when it is loaded for real
-        return [INPUT_NAME]
+        with zipfile.ZipFile(path) as archive:
+            return [name.removesuffix(".npy") for name in archive.namelist()]
+    except (OSError, zipfile.BadZipFile):
+        return []  # reported, by name, when the windows are opened
+
+
+def _takes_dict(module: torch.nn.Module, argument: str, arrays: list[str]) -> bool:
+    """Whether forward's one argument is a dict of tensors: annotated so, or named like no stored
+    array while the windows file holds several (a forecasting library's batch dict)."""
+    annotation = str(inspect.signature(module.forward).parameters[argument].annotation)
+    if "dict" in annotation.lower() or "mapping" in annotation.lower():
+        return True
+    return argument not in arrays and INPUT_NAME not in arrays and len(arrays) > 1
+
+
+def input_names(loaded: LoadedCheckpoint, windows: Path | None = None) -> list[str]:
+    """The graph inputs the model takes (an ONNX file's own, a torch forward's tensor arguments,
+    or the keys of its one dict argument: the windows .npz's arrays); ["x"] for windows alone."""
+    if loaded.onnx_model is not None:
+        return [spec.name for spec in graph_inputs(loaded.onnx_model)]
+    arguments, arrays = forward_arguments(loaded.module), _npz_arrays(windows)
+    if len(arguments) > 1:
+        return arguments
+    if arguments != [INPUT_NAME] and _takes_dict(loaded.module, arguments[0], arrays):
+        return arrays
+    return [INPUT_NAME]
 
 
 def _as_model_input(windows: np.ndarray) -> np.ndarray:
@@ -84,19 +111,40 @@ def _expose(path: Path, model: onnx.ModelProto):
         raise ModelError(f"{path}: {exc}") from None
 
 
-def exposed_model(recipe: ModelRecipe, windows: WindowSource | None = None) -> ModelSource:
-    """Load, export and expose a checkpoint; `windows`, when given, are checked against the model
-    and their first windows are the export examples (else synthetic input shaped from the module)."""
-    loaded = recipe.load()
+def _named_examples(loaded: LoadedCheckpoint, windows: WindowSource, names: list[str]) -> dict[str, np.ndarray]:
+    """The first windows of every array a several-input forward takes, by name."""
+    arrays = _npz_arrays(windows.path)
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise CheckpointError(
+            f"{windows.path}: {type(loaded.module).__name__}.forward takes {', '.join(names)}; the "
+            f"windows .npz has no array {missing[0]!r} (it has {', '.join(arrays)})"
+        )
+    count = min(PARITY_WINDOWS, windows.shape[0])
+    return {name: _as_model_input(open_rows(windows.path, name, None, None, None).read(0, count)) for name in names}
+
+
+def exposed_model(
+    recipe: ModelRecipe, windows: WindowSource | None = None, loaded: LoadedCheckpoint | None = None
+) -> ModelSource:
+    """Load (unless `loaded`), export and expose a checkpoint; `windows`, when given, are checked
+    against the module and their first windows are the export examples (else synthetic input
+    shaped from the module). A forward of several tensors or one dict takes them by name from the
+    windows .npz (`input_names`)."""
+    loaded = loaded or recipe.load()
     if loaded.onnx_model is not None:
         exposed, layers = _expose(recipe.checkpoint, loaded.onnx_model)  # its windows: `replay.feeds.plan_feeds`
         return ModelSource(loaded, loaded.onnx_model, exposed, layers, None, None)
-    if windows is not None:
+    names = input_names(loaded, windows.path if windows is not None else None)
+    as_dict = names != [INPUT_NAME] and len(forward_arguments(loaded.module)) == 1
+    if windows is None:
+        examples = example_windows(loaded.module)
+    elif names == [INPUT_NAME]:
         windows.check(module_input(loaded.module))
         examples = _first(windows, PARITY_WINDOWS)
     else:
-        examples = example_windows(loaded.module)
-    result = export_module(loaded.module, examples, exporter=recipe.exporter, parity_windows=examples)
+        examples = _named_examples(loaded, windows, names)
+    result = export_module(loaded.module, examples, exporter=recipe.exporter, parity_windows=examples, as_dict=as_dict)
     exposed, layers = _expose(recipe.checkpoint, result.model)
     return ModelSource(loaded, result.model, exposed, layers, result.parity_max_abs, result.exporter)
 

@@ -72,9 +72,10 @@ def cached_run(run: RunConfig, cache: Path, say: Callable[[str], None] = lambda 
             pass  # a damaged entry is simply made again
     say(f"{run.model} {run.version}: replaying {run.windows.name} …")
     recipe = ModelRecipe(run.checkpoint, run.factory, run.factory_kwargs, run.trust_pickle)
-    array = windows_key(run.windows, input_names(recipe))
-    source = open_windows_source(run.windows, key=array, any_rank=run.checkpoint.suffix.lower() == ".onnx")
-    model = exposed_model(recipe, source)
+    loaded = recipe.load()
+    array = windows_key(run.windows, input_names(loaded, run.windows))
+    source = open_windows_source(run.windows, key=array, any_rank=loaded.onnx_model is not None)
+    model = exposed_model(recipe, source, loaded)
     constant = {name: feed_value(name, value) for name, value in run.feed.items()}
     made = make_run(model, source, settings, None, say, plan_feeds(model.exposed, source, constant, run.carry, say))
     made.meta["cache_key"] = key
