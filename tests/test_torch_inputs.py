@@ -5,6 +5,7 @@ array fed to its input, every gate equal to the LSTM equations computed here fro
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -88,6 +89,21 @@ def test_a_forward_of_several_tensors_replays_from_named_arrays(tmp_path, capsys
     assert run.meta["inputs"]["windows"] == inputs[0]
     assert sorted(run.meta["inputs"]["per_window"]) == sorted(set(arrays) - {inputs[0]})
     assert run.meta["export_parity_max_abs"] < 1e-5
+    exported = tmp_path / "exported" / "model.onnx"
+    code = main(
+        [
+            "export",
+            str(tmp_path / "model.pt"),
+            "--factory",
+            f"tests.test_torch_inputs:{factory}",
+            "--windows",
+            str(tmp_path / "holdout.npz"),
+            "-o",
+            str(exported),
+        ]
+    )
+    assert code == 0 and (tmp_path / "exported" / "model.layers.json").is_file()
+    assert [value.name for value in onnx.load(exported).graph.input] == list(arrays)  # one input per array
     sampled = run.traces["window"]
     x = np.concatenate([stored[name][sampled] for name in inputs], axis=2).astype(np.float64)
     for gate, values in _lstm_gates(module.rnn, x).items():

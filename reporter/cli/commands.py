@@ -45,11 +45,16 @@ def _recipe(args: argparse.Namespace):
     return ModelRecipe(args.checkpoint, args.factory, _kwargs(args.kwargs), args.trust_pickle, args.exporter)
 
 
-def _example_windows(args: argparse.Namespace):
+def _example_windows(args: argparse.Namespace, loaded):
     """--windows opened for examples and parity (windows holding NaN/Inf left out), or None."""
+    from reporter.pipeline.model_source import input_names
+    from reporter.replay.feeds import windows_key
     from reporter.replay.windows import open_windows_source
 
-    return open_windows_source(args.windows, nan="skip") if args.windows else None
+    if not args.windows:
+        return None
+    key = windows_key(args.windows, input_names(loaded, args.windows))
+    return open_windows_source(args.windows, key=key, nan="skip", any_rank=loaded.onnx_model is not None)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -60,7 +65,9 @@ def run_export(args: argparse.Namespace) -> int:
 
     out = args.output
     manifest_path = out.with_name(out.stem + ".layers.json")
-    source = exposed_model(_recipe(args), _example_windows(args))
+    recipe = _recipe(args)
+    loaded = recipe.load()
+    source = exposed_model(recipe, _example_windows(args, loaded), loaded)
     write_bytes_atomic(out, source.exposed.SerializeToString())
     write_text_atomic(manifest_path, layers_to_json(source.layers))
     for layer in source.layers:
@@ -106,7 +113,8 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0
     from reporter.pipeline.model_source import fused_model_and_windows
 
-    model, windows = fused_model_and_windows(_recipe(args), _example_windows(args), args.batch_size)
+    recipe = _recipe(args)
+    model, windows = fused_model_and_windows(recipe, _example_windows(args, recipe.load()), args.batch_size)
     case = f"{args.checkpoint.name}, {windows.shape[0]}×{windows.shape[1]}"
     print(expose_cost.format_rows([expose_cost.bench_onnx(model, windows, case, args.repeats)]))
     return 0
