@@ -11,11 +11,14 @@
       traces.npz             full traces of the sampled windows: `window`, `reason`, `x`,
                              `LAYER/GATE` [K, T, D, H] and `output:NAME`
       outputs.npz            each model output's last step, per window (for output drift in diffs)
+      timings.json           the replay's measured speed: the one file two replays of the same
+                             inputs write differently (so it is kept out of run.json and the pages)
 
 A run is written into a hidden sibling folder and renamed into place (`reporter.atomic`), so a
 failed or interrupted replay leaves the previous run intact. Files are written deterministically
 (no timestamps inside the zip archives, fixed parquet settings): a run loaded and saved again is
-byte-identical.
+byte-identical, and two replays of the same inputs (with SOURCE_DATE_EPOCH set) differ only in
+timings.json.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class Run:
     traces: dict[str, np.ndarray] = field(default_factory=dict)
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     path: Path | None = None
+    timings: dict = field(default_factory=dict)  # measured, so different in every replay: timings.json
 
     @property
     def name(self) -> str:
@@ -80,6 +84,8 @@ class Run:
                 _write_parquet(getattr(self, table), staging / f"{table}.parquet")
             for arrays in ARRAYS:
                 _write_npz(getattr(self, arrays), staging / f"{arrays}.npz")
+            if self.timings:
+                (staging / "timings.json").write_text(_json(self.timings), encoding="utf-8")
         self.path = path
         return path
 
@@ -102,7 +108,20 @@ class Run:
         if not tables["window_scores"][["window", "anomaly_score", "rank"]].apply(pd.api.types.is_numeric_dtype).all():
             raise RunError(f"{path / 'window_scores.parquet'}: window, anomaly_score and rank must be numbers")
         arrays = {name: _read_npz(path / f"{name}.npz") for name in ARRAYS}
-        return cls(meta, layers, **tables, **arrays, path=path)
+        return cls(meta, layers, **tables, **arrays, path=path, timings=_read_timings(path / "timings.json"))
+
+
+def _read_timings(path: Path) -> dict:
+    """timings.json: the replay's measured speed (absent in runs made before it had its own file)."""
+    if not path.exists():
+        return {}
+    try:
+        timings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path}: unreadable timings ({exc})") from None
+    if not isinstance(timings, dict):
+        raise RunError(f"{path}: timings must be a JSON object")
+    return timings
 
 
 def _json(value: dict) -> str:

@@ -116,7 +116,7 @@ def child(count: int, batch_size: int, provider: str = "cpu", workers: int | Non
         "windows": count,
         "provider": provider,
         "workers": run.meta["workers"],
-        "replay_wps": run.meta["windows_per_second"],
+        "replay_wps": run.timings["windows_per_second"],
         "fused_wps": fused,
         "total_s": total,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

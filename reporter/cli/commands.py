@@ -163,7 +163,7 @@ def run_replay(args: argparse.Namespace) -> int:
     count = int(flagged(run.window_scores["anomaly_score"].to_numpy()).sum())
     print(
         f"wrote {args.output} ({run.meta['n_windows']} windows, {len(run.layers)} layers, "
-        f"{run.meta['windows_per_second']:.0f} windows/s on {run.meta['provider']}; {count} windows flagged "
+        f"{run.timings['windows_per_second']:.0f} windows/s on {run.meta['provider']}; {count} windows flagged "
         f"anomalous, ranked in window_scores.parquet)"
     )
     return 0

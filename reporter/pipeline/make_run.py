@@ -166,8 +166,6 @@ def _meta(
         "workers": result.workers,
         "dask": settings.dask,
         "batch_size": settings.batch_size,
-        "replay_seconds": round(result.seconds, 3),
-        "windows_per_second": round(result.windows_per_second, 1),
         "thresholds": {family: list(settings.stats.thresholds(family)) for family in ("sigmoid", "tanh", "linear")},
         "histogram_bins": settings.stats.bins,
         "reference": None if reference is None else {"name": reference.name, "path": str(reference.path)},
@@ -227,4 +225,5 @@ def make_run(
         impulse=impulse,
         traces=traces,
         outputs=result.outputs,
+        timings={"replay_seconds": round(result.seconds, 3), "windows_per_second": round(result.windows_per_second, 1)},
     )

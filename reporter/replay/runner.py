@@ -208,6 +208,31 @@ def _last_step(value: np.ndarray, batch: int) -> np.ndarray | None:
     return np.asarray(per_window, dtype=np.float32)
 
 
+class _Turns:
+    """Batch k folds into shard k mod W, after batch k − W: the same batches meet the same float
+    sums in the same order whichever thread ran them, so two replays write identical statistics."""
+
+    def __init__(self, shards: int):
+        self.shards, self.next, self.condition, self.aborted = shards, list(range(shards)), threading.Condition(), False
+
+    def wait(self, k: int, failure: list) -> bool:
+        """Block until batch k may fold; False when the replay is failing instead."""
+        with self.condition:
+            while self.next[k % self.shards] != k and not self.aborted and not failure:
+                self.condition.wait(0.2)
+            return not (self.aborted or failure)
+
+    def done(self, k: int) -> None:
+        with self.condition:
+            self.next[k % self.shards] = k + self.shards
+            self.condition.notify_all()
+
+    def abort(self) -> None:
+        with self.condition:
+            self.aborted = True
+            self.condition.notify_all()
+
+
 class Replayer:
     """Runs an exposed model over windows: `run_batch` for a few windows, `replay` for all of them."""
 
@@ -271,8 +296,8 @@ class Replayer:
         kept = source.indices()
         kept = kept[(kept >= start) & (kept < (source.shape[0] if stop is None else stop))]
         rows = _Rows(kept, np.empty((len(kept), len(feature_names(self.layers))), np.float32))
-        batches = source.batches(batch_size, start, stop)
-        lock, failure = threading.Lock(), []
+        batches = enumerate(source.batches(batch_size, start, stop))
+        lock, failure, turns = threading.Lock(), [], _Turns(len(shards))
         show = sys.stderr.isatty() if progress is None else progress
         bar = tqdm(
             total=len(kept),
@@ -285,8 +310,10 @@ class Replayer:
         )
         start = time.perf_counter()
         threads = [
-            threading.Thread(target=self._work, args=(session, shard, rows, batches, lock, failure, bar), daemon=True)
-            for session, shard in zip(self._sessions, shards)
+            threading.Thread(
+                target=self._work, args=(session, shards, rows, batches, lock, failure, bar, turns), daemon=True
+            )
+            for session in self._sessions
         ]
         try:
             for thread in threads:
@@ -306,39 +333,43 @@ class Replayer:
     def _work(
         self,
         session: ort.InferenceSession,
-        stats: RunStats,
+        shards: list[RunStats],
         rows: _Rows,
         batches: Iterator,
         lock: threading.Lock,
         failure: list,
         bar: tqdm,
+        turns: _Turns,
     ) -> None:
-        """One worker: take the next batch, run it, fold it into this worker's shard; until none is left."""
+        """One worker: take the next batch, run it, fold it into its shard; until none is left."""
         try:
             while not failure:
                 with lock:  # the windows reader is a generator: one reader at a time
                     item = next(batches, None)
                 if item is None:
                     return
-                indices, windows = item
+                k, (indices, windows) = item
                 outputs = self._run(session, windows, indices)
-                self._fold(stats, rows, indices, outputs)
+                parts = self._batch_states(shards[0], rows, indices, outputs)
+                if turns.wait(k, failure):
+                    shards[k % len(shards)].fold_parts(parts)
+                    turns.done(k)
                 bar.update(len(indices))
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
             failure.append(exc)
+            turns.abort()
 
-    def _fold(self, stats: RunStats, rows: _Rows, indices: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
-        """Fold one batch into a worker's accumulators and store its per-window rows; drop the traces."""
+    def _batch_states(self, stats: RunStats, rows: _Rows, indices: np.ndarray, outputs: dict[str, np.ndarray]) -> dict:
+        """Turn one batch into fresh statistics states and store its per-window rows; drop the traces."""
         gates = self.gates(outputs)
-        for layer, by_gate in gates.items():
-            for gate, trace in by_gate.items():
-                stats.update(layer, gate, trace)
+        parts = stats.parts(gates)
         last_steps = {name: _last_step(outputs[name], len(indices)) for name in self.output_names}
         rows.put(
             indices,
             window_features(gates, self.layers, self.stats_config),
             {name: last for name, last in last_steps.items() if last is not None},
         )
+        return parts
 
     def _result(self, shards: list[RunStats], rows: _Rows, seconds: float) -> ReplayResult:
         """Merge the workers' accumulators; per-window rows are already in window order."""

@@ -53,11 +53,20 @@ class LayerStats:
 
     def update(self, gate: str, trace: np.ndarray) -> None:
         """Fold one batch of one gate `[batch, time, directions, hidden]` into both its accumulators."""
-        moments, steps = self._pair(gate)
+        self.fold(gate, self.part(gate, trace))
+
+    def part(self, gate: str, trace: np.ndarray) -> tuple[dict, dict]:
+        """One batch of one gate as fresh per-unit and per-timestep states (the costly pass; nothing
+        accumulated yet)."""
+        moments, _ = self._pair(gate)
         check_shape(trace, moments.shape, f"layer {self.layer.name!r} gate {gate!r}")
-        part, per_step = gate_update(trace, moments.bins, moments.low, moments.high)
-        moments.fold(part)
-        steps.fold(per_step)
+        return gate_update(trace, moments.bins, moments.low, moments.high)
+
+    def fold(self, gate: str, part: tuple[dict, dict]) -> None:
+        """Fold states made by `part` into the gate's two accumulators."""
+        moments, steps = self._pair(gate)
+        moments.fold(part[0])
+        steps.fold(part[1])
 
     def _pair(self, gate: str) -> tuple[GateMoments, TimestepStats]:
         """A gate's accumulators, refusing gates the layer does not expose."""
@@ -156,9 +165,25 @@ class RunStats:
 
     def update(self, layer_name: str, gate: str, trace: np.ndarray) -> None:
         """Fold one batch of one layer's gate in."""
+        self._layer(layer_name).update(gate, trace)
+
+    def _layer(self, layer_name: str) -> LayerStats:
         if layer_name not in self.stats:
             raise ModelError(f"no layer {layer_name!r} in the manifest; layers: {', '.join(self.stats)}")
-        self.stats[layer_name].update(gate, trace)
+        return self.stats[layer_name]
+
+    def parts(self, gates: dict[str, dict[str, np.ndarray]]) -> dict[tuple[str, str], tuple[dict, dict]]:
+        """One batch of every layer's gates ({layer: {gate: trace}}) as fresh states, accumulating nothing."""
+        return {
+            (name, gate): self._layer(name).part(gate, trace)
+            for name, by_gate in gates.items()
+            for gate, trace in by_gate.items()
+        }
+
+    def fold_parts(self, parts: dict[tuple[str, str], tuple[dict, dict]]) -> None:
+        """Fold in the states `parts` made (any RunStats of the same layers may have made them)."""
+        for (name, gate), part in parts.items():
+            self._layer(name).fold(gate, part)
 
     def merge(self, other: RunStats) -> RunStats:
         """Return the statistics of both runs' windows together (same layers)."""
