@@ -12,6 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
+import markupsafe
 import pytest
 
 from reporter.config import load_config
@@ -170,7 +171,10 @@ HOSTILE_MODEL = (
     '<img src=x onerror="window.__pwned=1"> "quoted" & </script><script>window.__pwned=1</script> '
     "ünïcödé 模型 " + "L" * 300
 )
-HOSTILE_LAYER = "<b onmouseover=window.__pwned=1>l0</b></script>"
+HOSTILE_LAYER = '<img src=x onerror="window.__pwned=2">l0</script>'
+HOSTILE_VERSIONS = ('v1 "</script><svg onload="window.__pwned=3">', "v2 <i>")
+HOSTILE_TITLE = '<img src=x onerror="window.__pwned=4"><h1>site</h1>'
+RAW_MARKUP = ("<img src=x", "<svg onload", "<h1>site", "<script>window.__pwned", "<i>")  # never raw on a page
 
 
 def _hostile_run(tmp_path: Path, version: str):
@@ -198,10 +202,19 @@ def _hostile_run(tmp_path: Path, version: str):
     run.window_scores = run.window_scores.rename(columns=new)
     run.impulse = run.impulse.assign(target=run.impulse["target"].map(new))
     run.traces = {new(key): value for key, value in run.traces.items()}
-    return run.save(tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}")
+    folder = f'run <img src=x onerror="window.__pwned=5"> {len(list(tmp_path.glob("run *")))}'  # a hostile folder
+    return run.save(tmp_path / folder)
+
+
+def _escaped(text: str) -> str:
+    """How a name appears in a page's markup, escaped by Jinja's autoescape."""
+    return str(markupsafe.escape(text))
 
 
 def test_hostile_names_render_as_text_and_run_nothing(browser, tmp_path):
+    """Payloads that fire in a headless page (img onerror, svg onload, a closing script tag) in every
+    name a user controls: model, version, layer, site title and run folder. On every page none of
+    them is in the markup raw, each shows escaped where its page names it, and no handler runs."""
     from reporter.compare.diff import diff_runs
     from reporter.compare.thresholds import DEFAULT_THRESHOLDS
     from reporter.pipeline.build import build as build_site
@@ -209,23 +222,31 @@ def test_hostile_names_render_as_text_and_run_nothing(browser, tmp_path):
     from reporter.report.review import write_diff_dir, write_markdown
     from reporter.runstore import Run
 
-    runs = [_hostile_run(tmp_path, version) for version in ('v1 "</script>', "v2 <i>")]
-    site = build_site(None, tmp_path / "site", run_dirs=runs, progress=lambda _: None, title="<h1>site</h1>")
+    runs = [_hostile_run(tmp_path, version) for version in HOSTILE_VERSIONS]
+    site = build_site(None, tmp_path / "site", run_dirs=runs, progress=lambda _: None, title=HOSTILE_TITLE)
     view = diff_view(diff_runs(Run.load(runs[0]), Run.load(runs[1])), DEFAULT_THRESHOLDS)
-    write_diff_dir(view, tmp_path / "diff")
+    write_diff_dir(view, tmp_path / "diff", title=HOSTILE_TITLE)
     markdown = write_markdown(view, tmp_path / "review.md").read_text()
-    assert "<img" not in markdown and "<b " not in markdown and "</script>" not in markdown
+    assert "<img" not in markdown and "<svg" not in markdown and "</script>" not in markdown
     pages = [*sorted(site.rglob("*.html")), tmp_path / "diff" / "index.html"]
     assert len(pages) > 10
     for folder, page_path in [(site, p) for p in pages[:-1]] + [(tmp_path / "diff", pages[-1])]:
+        html = page_path.read_text(encoding="utf-8")
+        assert [raw for raw in RAW_MARKUP if raw in html] == [], page_path
+        assert _escaped(HOSTILE_TITLE) in html, page_path  # the title heads every page
+        named = page_path.parent.parent == site / "runs" or page_path.parent.name == "diff"
+        if named:  # run, window, layer and diff pages name the model and version
+            assert _escaped(HOSTILE_MODEL[:40]) in html, page_path
+            assert any(_escaped(version) in html for version in HOSTILE_VERSIONS), page_path
+            assert _escaped(HOSTILE_LAYER) in html, page_path  # in the model card, heatmap links, unit tables, diffs
         tab = Tab(browser, folder)
         state = tab.open(page_path)
         assert state["errors"] == [] and state["drawn"] == state["expected"], (page_path, state)
         assert tab.problems == [] and tab.outside == [], (page_path, tab.problems, tab.outside)
         assert tab.page.evaluate("window.__pwned") is None, page_path  # no injected handler or script ran
         text = tab.page.inner_text("body")
-        assert "ünïcödé 模型" in text or "site" in text, page_path
-        if page_path.name == "index.html" and page_path.parent.parent.name == "runs":
+        assert HOSTILE_TITLE in text, page_path
+        if page_path.name == "index.html" and page_path.parent.parent == site / "runs":
             assert HOSTILE_MODEL[:60] in text and HOSTILE_LAYER in text  # shown as text, not markup
         tab.close()
 

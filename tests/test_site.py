@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
+import jinja2
 import numpy as np
 import pytest
 
@@ -123,3 +125,42 @@ def test_failed_build_leaves_previous_site_intact(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".site")) == []
     build_site(write_config(tmp_path), progress=lambda _: None)
     assert (site / "README.md").read_text() == "kept"  # the build keeps the folder's README
+
+
+class _FailAfter:
+    """Render the real pages, failing with `error` once `pages` of them have been written."""
+
+    def __init__(self, real, pages: int, error: BaseException):
+        self.real, self.pages, self.error = real, pages, error
+
+    def __call__(self, *args, **kwargs):
+        for count, page in enumerate(self.real(*args, **kwargs)):
+            if count == self.pages:
+                raise self.error
+            yield page
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [
+        (jinja2.TemplateError("a template broke"), jinja2.TemplateError),
+        (OSError(errno.ENOSPC, "No space left on device"), ReporterError),
+        (KeyboardInterrupt(), KeyboardInterrupt),
+    ],
+    ids=["template error", "disk full", "signal"],
+)
+def test_a_build_that_fails_while_writing_pages_leaves_the_previous_site_byte_identical(
+    tmp_path, monkeypatch, error, raised
+):
+    from reporter.report import pages
+
+    save_tiny(tmp_path)
+    site = build_site(write_config(tmp_path), progress=lambda _: None)
+    before = _files(site)
+    monkeypatch.setattr(pages, "render_site", _FailAfter(pages.render_site, 3, error))
+    with pytest.raises(raised) as caught:
+        build_site(write_config(tmp_path), progress=lambda _: None)
+    if raised is ReporterError:
+        assert "No space left on device" in str(caught.value) and str(site) in str(caught.value)
+    assert _files(site) == before  # every file as it was, none added
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".site")] == []  # no staging left behind

@@ -110,10 +110,13 @@ def build_site(
         progress(f"rendering pages for {len(runs)} runs …")
         written = 0
         common = {"site_title": title, "built": build_time(), "assets": assets}
-        for path, html in pages.render_site(environment(), views, common):
-            (staging / path).parent.mkdir(parents=True, exist_ok=True)
-            (staging / path).write_text(html, encoding="utf-8")
-            written += 1
+        try:
+            for path, html in pages.render_site(environment(), views, common):
+                (staging / path).parent.mkdir(parents=True, exist_ok=True)
+                (staging / path).write_text(html, encoding="utf-8")
+                written += 1
+        except OSError as exc:  # a full disk or a quota: the previous site stays as it was
+            raise OutputError(f"{output}: cannot write the site: {exc.strerror or exc}") from None
         for name in _KEPT:
             if (output / name).is_file():
                 shutil.copy2(output / name, staging / name)
