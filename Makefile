@@ -5,7 +5,7 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: site test chromium
+.PHONY: site test chromium mutants
 
 site: $(STAMP)
 	$(VENV)/bin/gate-report build --config reporter.toml
@@ -30,3 +30,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	$(PYTHON) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# Plant one bug per guarantee in a copy of the code and check the tests catch each (tests/mutants.py).
+mutants: $(STAMP) chromium
+	$(PYTHON) -m tests.mutants

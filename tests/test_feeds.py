@@ -34,7 +34,7 @@ def _two_state_model(path) -> dict[str, np.ndarray]:
         helper.make_node("Unsqueeze", ["c0", "zero"], ["c0_1"]),
         helper.make_node(
             "LSTM", ["x_tbf", "W", "R", "B", "", "h0_1", "c0_1"], ["Y", "Y_h", "Y_c"], hidden_size=H, name="encoder"
-        ),  # fmt: skip
+        ),
         helper.make_node("Squeeze", ["Y_h", "zero"], ["y"]),
     ]
     inputs = [
@@ -56,8 +56,11 @@ def stateful(tmp_path):
     model = tmp_path / "two_state.onnx"
     weights = _two_state_model(model)
     rng = np.random.default_rng(4)
-    arrays = {"series": rng.standard_normal((N, T, F)), "h0": rng.standard_normal((N, H)) * 0.5,
-              "c0": rng.standard_normal((N, H)) * 0.5}  # fmt: skip
+    arrays = {
+        "series": rng.standard_normal((N, T, F)),
+        "h0": rng.standard_normal((N, H)) * 0.5,
+        "c0": rng.standard_normal((N, H)) * 0.5,
+    }
     np.savez(tmp_path / "windows.npz", **{name: value.astype(np.float32) for name, value in arrays.items()})
     return model, tmp_path / "windows.npz", weights, arrays
 
@@ -71,9 +74,14 @@ def test_per_window_and_fed_inputs_give_the_operator_equations(stateful):
     indices = np.array([1, 4, 8])
     outputs = Replayer(exposed, layers, "cpu", workers=1, feeds=feeds).run_batch(source.take(indices), indices)
     expected = rnn_reference.run(
-        "LSTM", np.swapaxes(2.0 * arrays["series"][indices], 0, 1), weights["W"], weights["R"], weights["B"],
-        initial_h=arrays["h0"][indices][None], initial_c=arrays["c0"][indices][None],
-    )  # fmt: skip
+        "LSTM",
+        np.swapaxes(2.0 * arrays["series"][indices], 0, 1),
+        weights["W"],
+        weights["R"],
+        weights["B"],
+        initial_h=arrays["h0"][indices][None],
+        initial_c=arrays["c0"][indices][None],
+    )
     for gate, values in expected.gates.items():
         np.testing.assert_allclose(outputs[layers[0].outputs[gate]], values, rtol=1e-5, atol=1e-5, err_msg=gate)
 
@@ -100,6 +108,8 @@ def test_replay_feeds_every_input_from_the_command_line(stateful, tmp_path, caps
         (["scale=two"], "--feed scale=two: expected a number, a JSON list, zeros, or a .npy file"),
         (["scale"], "--feed scale: expected NAME=VALUE"),
         (["scale=[1, 2]"], "--feed scale: input scale is [], the value fed has shape [2]"),
+        (["scale=[[1], [2, 3]]"], "--feed scale=[[1], [2, 3]]: a list must be rectangular"),
+        (["scale=2", "series=zeros"], "--feed series: series is the input the windows feed"),
     ],
 )
 def test_bad_feeds_are_one_line_errors(stateful, tmp_path, capsys, feed, message):
@@ -113,8 +123,12 @@ def test_bad_feeds_are_one_line_errors(stateful, tmp_path, capsys, feed, message
 def test_a_per_window_array_needs_a_row_per_window(stateful, tmp_path, capsys):
     model_path, windows_path, _, arrays = stateful
     short = tmp_path / "short.npz"
-    np.savez(short, series=arrays["series"].astype(np.float32), h0=arrays["h0"][:3].astype(np.float32),
-             c0=arrays["c0"].astype(np.float32))  # fmt: skip
+    np.savez(
+        short,
+        series=arrays["series"].astype(np.float32),
+        h0=arrays["h0"][:3].astype(np.float32),
+        c0=arrays["c0"].astype(np.float32),
+    )
     assert (
         main(["replay", str(model_path), "--windows", str(short), "--feed", "scale=1", "-o", str(tmp_path / "r")]) == 2
     )
@@ -130,3 +144,27 @@ def test_zeros_take_the_batch_size_on_their_one_open_axis(stateful, tmp_path):
     feeds = plan_feeds(exposed, source, parse_feeds(["scale=1", "h0=zeros", "c0=zeros"]))
     batch = feeds.batch(source.take([0, 1, 2]), np.array([0, 1, 2]))
     assert batch["h0"].shape == (3, H) and not batch["h0"].any() and batch["scale"].shape == ()
+
+
+def test_a_per_window_array_must_fit_its_input(stateful, tmp_path, capsys):
+    model_path, _, _, arrays = stateful
+    wrong = tmp_path / "wrong.npz"
+    np.savez(
+        wrong,
+        series=arrays["series"].astype(np.float32),
+        h0=np.zeros((N, H + 1), np.float32),
+        c0=arrays["c0"].astype(np.float32),
+    )
+    assert (
+        main(["replay", str(model_path), "--windows", str(wrong), "--feed", "scale=1", "-o", str(tmp_path / "r")]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "wrong.npz: array 'h0' is [9, 5] for input h0 [batch, 4]" in err, err
+
+
+def test_bench_says_it_times_models_of_one_input(stateful, tmp_path, capsys):
+    model_path, windows_path, _, _ = stateful
+    assert main(["bench", str(model_path), "--windows", str(windows_path)]) == 2
+    assert "bench times models whose one input is the windows; this one takes series, scale, h0, c0" in (
+        capsys.readouterr().err
+    )

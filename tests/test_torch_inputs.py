@@ -76,14 +76,28 @@ def _lstm_gates(rnn: torch.nn.LSTM, x: np.ndarray) -> dict[str, np.ndarray]:
 )
 def test_a_forward_of_several_tensors_replays_from_named_arrays(tmp_path, capsys, factory, arrays, inputs):
     rng = np.random.default_rng(5)
-    stored = {name: (rng.standard_normal((N, T, width)) if width else rng.uniform(0.5, 2, (N, 1))).astype(np.float32)
-              for name, width in arrays.items()}  # fmt: skip
+    stored = {
+        name: (rng.standard_normal((N, T, width)) if width else rng.uniform(0.5, 2, (N, 1))).astype(np.float32)
+        for name, width in arrays.items()
+    }
     np.savez(tmp_path / "holdout.npz", **stored)
     module = globals()[factory]()
     torch.save(module.state_dict(), tmp_path / "model.pt")
     run_dir = tmp_path / "runs" / factory
-    code = main(["replay", str(tmp_path / "model.pt"), "--factory", f"tests.test_torch_inputs:{factory}", "--windows",
-                 str(tmp_path / "holdout.npz"), "--version", "v1", "-o", str(run_dir)])  # fmt: skip
+    code = main(
+        [
+            "replay",
+            str(tmp_path / "model.pt"),
+            "--factory",
+            f"tests.test_torch_inputs:{factory}",
+            "--windows",
+            str(tmp_path / "holdout.npz"),
+            "--version",
+            "v1",
+            "-o",
+            str(run_dir),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     run = Run.load(run_dir)
     assert run.meta["inputs"]["windows"] == inputs[0]
@@ -108,3 +122,41 @@ def test_a_forward_of_several_tensors_replays_from_named_arrays(tmp_path, capsys
     x = np.concatenate([stored[name][sampled] for name in inputs], axis=2).astype(np.float64)
     for gate, values in _lstm_gates(module.rnn, x).items():
         np.testing.assert_allclose(run.traces[f"rnn.l0/{gate}"][:, :, 0], values, atol=2e-3, err_msg=gate)  # float16
+
+
+class OneSeries(torch.nn.Module):
+    """forward(series): one unannotated tensor, whatever the other arrays of its windows file."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = torch.nn.GRU(3, HIDDEN, batch_first=True)
+
+    def forward(self, series):
+        return self.rnn(series)[0]
+
+
+def one_series() -> OneSeries:
+    torch.manual_seed(0)
+    return OneSeries()
+
+
+def test_one_unannotated_argument_takes_the_windows_whatever_else_the_file_holds(tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    np.savez(
+        tmp_path / "w.npz", labels=rng.integers(0, 2, (N,)), windows=rng.standard_normal((N, T, 3)).astype(np.float32)
+    )
+    torch.save(one_series().state_dict(), tmp_path / "m.pt")
+    args = [
+        "replay",
+        str(tmp_path / "m.pt"),
+        "--factory",
+        "tests.test_torch_inputs:one_series",
+        "--windows",
+        str(tmp_path / "w.npz"),
+        "--key",
+        "windows",
+        "-o",
+        str(tmp_path / "run"),
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    assert Run.load(tmp_path / "run").meta["inputs"] == {"windows": "x", "per_window": [], "constant": {}}

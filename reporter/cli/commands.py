@@ -127,7 +127,8 @@ def run_replay(args: argparse.Namespace) -> int:
     from reporter.pipeline.model_source import exposed_model, input_names
     from reporter.provenance import file_sha256
     from reporter.replay.anomaly import flagged
-    from reporter.replay.feeds import parse_carry, parse_feeds, plan_feeds, windows_key
+    from reporter.replay.carry import parse_carry
+    from reporter.replay.feeds import parse_feeds, plan_feeds, windows_key
     from reporter.replay.windows import open_windows_source
     from reporter.runstore import Run
 

@@ -119,7 +119,8 @@ def _torch_run(module: torch.nn.Module, x: ModuleInputs) -> list[np.ndarray]:
 def _onnx_run(session: ort.InferenceSession, x: ModuleInputs) -> list[np.ndarray]:
     """Run the exported model on one batch."""
     try:
-        return session.run(None, x.feed())
+        names = {value.name for value in session.get_inputs()}  # a dict entry forward never reads is no input
+        return session.run(None, {name: value for name, value in x.feed().items() if name in names})
     except Exception as exc:
         raise ExportError(f"onnxruntime fails: {_first_line(exc)}") from exc
 

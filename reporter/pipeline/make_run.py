@@ -24,7 +24,7 @@ from reporter.provenance import made_at, package_versions
 from reporter.replay.anomaly import explain_window, feature_names, score_windows, typical_from_timestep_stats
 from reporter.replay.feeds import Feeds, plan_feeds
 from reporter.replay.gate_moments import StatsConfig
-from reporter.replay.impulse import impulse_response
+from reporter.replay.impulse import IMPULSE_COLUMNS, impulse_response
 from reporter.replay.runner import Replayer, ReplayResult, choose_provider
 from reporter.replay.windows import WindowSource
 from reporter.runstore import SCHEMA_VERSION, Run
@@ -211,10 +211,16 @@ def make_run(
     ranked = scores.sort_values("rank")["window"].to_numpy()
     indices, reasons = sample_windows(source.indices(), ranked, settings)
     traces = _traces(replayer, source, indices, reasons)
-    say("measuring impulse responses …")
-    impulse = _impulse(replayer, source, settings)
     frames = result.stats.to_frames()
+    if len(source.shape) > 3:  # chunks with their own steps: an impulse per chunk axis would mislabel lags
+        say("impulse responses left out: windows of chunks [N, T, …] with more than one axis per chunk")
+        impulse = pd.DataFrame({name: pd.Series(dtype=object) for name in IMPULSE_COLUMNS})
+    else:
+        say("measuring impulse responses …")
+        impulse = _impulse(replayer, source, settings)
     meta = {**_meta(model, source, settings, result, reference), "inputs": feeds.describe()}
+    if not frames.timestep_stats.empty:  # in gate steps: a carried window of T calls may step more than T times
+        meta["seq_len"] = int(frames.timestep_stats["t"].max()) + 1
     return Run(
         meta=meta,
         layers=model.layers,

@@ -71,13 +71,17 @@ def _npz_arrays(path: Path | None) -> list[str]:
         return []  # reported, by name, when the windows are opened
 
 
-def _takes_dict(module: torch.nn.Module, argument: str, arrays: list[str]) -> bool:
-    """Whether forward's one argument is a dict of tensors: annotated so, or named like no stored
-    array while the windows file holds several (a forecasting library's batch dict)."""
-    annotation = str(inspect.signature(module.forward).parameters[argument].annotation)
-    if "dict" in annotation.lower() or "mapping" in annotation.lower():
-        return True
-    return argument not in arrays and INPUT_NAME not in arrays and len(arrays) > 1
+def _takes_dict(module: torch.nn.Module, argument: str) -> bool:
+    """Whether forward's one argument is a dict of tensors, as its annotation says (forecasting
+    libraries annotate it `Dict[str, Tensor]`); an unannotated argument takes the windows."""
+    annotation = str(inspect.signature(module.forward).parameters[argument].annotation).lower()
+    return "dict" in annotation or "mapping" in annotation
+
+
+def _series_first(windows: Path, arrays: list[str]) -> list[str]:
+    """The .npz's arrays with the first one that holds series ([N, T, …]) first: it is the windows."""
+    ranks = {name: len(open_rows(windows, name, None, None, None).shape) for name in arrays}
+    return sorted(arrays, key=lambda name: ranks[name] < 3)
 
 
 def input_names(loaded: LoadedCheckpoint, windows: Path | None = None) -> list[str]:
@@ -88,8 +92,8 @@ def input_names(loaded: LoadedCheckpoint, windows: Path | None = None) -> list[s
     arguments, arrays = forward_arguments(loaded.module), _npz_arrays(windows)
     if len(arguments) > 1:
         return arguments
-    if arguments != [INPUT_NAME] and _takes_dict(loaded.module, arguments[0], arrays):
-        return arrays
+    if arguments != [INPUT_NAME] and _takes_dict(loaded.module, arguments[0]) and arrays:
+        return _series_first(windows, arrays)
     return [INPUT_NAME]
 
 
@@ -152,8 +156,14 @@ def exposed_model(
 def fused_model_and_windows(
     recipe: ModelRecipe, windows: WindowSource | None, batch: int
 ) -> tuple[onnx.ModelProto, np.ndarray]:
-    """The unexposed ONNX model and a batch of windows to time it on."""
+    """The unexposed ONNX model and a batch of windows to time it on (windows being its one input)."""
     loaded = recipe.load()
+    names = input_names(loaded, windows.path if windows is not None else None)
+    if len(names) > 1:
+        raise ModelError(
+            f"{recipe.checkpoint}: bench times models whose one input is the windows; this one takes "
+            f"{', '.join(names)} (replay it to see its speed)"
+        )
     if windows is not None:
         batch_windows = _first(windows, batch)
     elif loaded.module is not None:

@@ -26,19 +26,11 @@ import onnx
 
 from reporter.errors import WindowsFileError
 from reporter.model.inputs import GraphInput, graph_inputs, onnx_input
+from reporter.replay.carry import checked_carry, detect_carry
 from reporter.replay.window_readers import open_rows
 from reporter.replay.windows import WindowSource
 
-__all__ = [
-    "FEED_VALUES",
-    "Feeds",
-    "detect_carry",
-    "feed_value",
-    "parse_carry",
-    "parse_feeds",
-    "plan_feeds",
-    "windows_key",
-]
+__all__ = ["FEED_VALUES", "Feeds", "feed_value", "parse_feeds", "plan_feeds", "windows_key"]
 
 FEED_VALUES = "a number, a JSON list, zeros, or a .npy file"
 
@@ -50,15 +42,21 @@ def feed_value(name: str, value) -> np.ndarray | str:
     if isinstance(value, str) and value.strip().endswith(".npy"):
         path = Path(value.strip())
         try:
-            return np.load(path, allow_pickle=False)
+            array = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise WindowsFileError(f"--feed {name}={value}: cannot read {path} ({exc})") from None
+        if array.dtype.kind not in "biuf":
+            raise WindowsFileError(f"--feed {name}={value}: {path} holds {array.dtype}, not numbers")
+        return array
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
             raise WindowsFileError(f"--feed {name}={value}: expected {FEED_VALUES}") from None
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except ValueError:  # a ragged list
+        raise WindowsFileError(f"--feed {name}={value!r}: a list must be rectangular, like [[1, 2], [3, 4]]") from None
     if array.dtype.kind not in "biuf":
         raise WindowsFileError(f"--feed {name}={value!r}: expected {FEED_VALUES}")
     return array
@@ -75,6 +73,17 @@ def parse_feeds(items: list[str] | None) -> dict[str, np.ndarray | str]:
     return feeds
 
 
+def _cast(spec: GraphInput, value: np.ndarray) -> np.ndarray:
+    """A fed value in the input's element type; an integer input takes whole finite numbers only."""
+    if (
+        spec.dtype.kind in "iu"
+        and value.dtype.kind == "f"
+        and not (np.isfinite(value) & (value == np.round(value))).all()
+    ):
+        raise WindowsFileError(f"--feed {spec.name}: input {spec.name} takes {spec.dtype} whole numbers, got {value!r}")
+    return np.ascontiguousarray(value, dtype=spec.dtype)
+
+
 def _constant(spec: GraphInput, value: np.ndarray | str, batch: int) -> np.ndarray:
     """A constant shaped for a batch: its one open axis takes the batch size."""
     open_axes = spec.dynamic_axes()
@@ -85,7 +94,7 @@ def _constant(spec: GraphInput, value: np.ndarray | str, batch: int) -> np.ndarr
                 "axes; give a .npy file of its full shape"
             )
         shape = [batch if axis in open_axes else dim for axis, dim in enumerate(spec.dims)]
-        fill = 0 if isinstance(value, str) else value
+        fill = 0 if isinstance(value, str) else _cast(spec, value)
         return np.full(shape, fill, dtype=spec.dtype)
     if value.ndim != len(spec.dims) or any(
         isinstance(dim, int) and dim != size for dim, size in zip(spec.dims, value.shape)
@@ -97,7 +106,7 @@ def _constant(spec: GraphInput, value: np.ndarray | str, batch: int) -> np.ndarr
         shape = list(value.shape)
         shape[open_axes[0]] = batch
         value = np.broadcast_to(value, shape)
-    return np.ascontiguousarray(value, dtype=spec.dtype)
+    return _cast(spec, value)
 
 
 @dataclass
@@ -175,81 +184,6 @@ def windows_key(path: Path, input_names: list[str], requested: str | None = None
     return next((name for name in input_names if name in members), "x")
 
 
-def _pairs_as_state(state_in: str, state_out: str) -> bool:
-    """Whether an output's name reads as the next value of an input: state → stateN, h → hn, h0 → hn."""
-    stem = state_in[:-3] if state_in.endswith("_in") else state_in.rstrip("0")
-    candidates = {
-        state_in + "n",
-        state_in + "N",
-        state_in + "_out",
-        state_in + "_new",
-        "new_" + state_in,
-        stem + "n",
-        stem + "N",
-        stem + "_out",
-        "next_" + state_in,
-    }
-    return state_out in candidates
-
-
-def _output_dims(model: onnx.ModelProto) -> dict[str, tuple]:
-    dims = {}
-    for value in model.graph.output:
-        shape = value.type.tensor_type.shape.dim
-        dims[value.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in shape)
-    return dims
-
-
-def _same_shape(spec: GraphInput, dims: tuple) -> bool:
-    return len(spec.dims) == len(dims) and all(
-        not (isinstance(a, int) and isinstance(b, int)) or a == b for a, b in zip(spec.dims, dims)
-    )
-
-
-def detect_carry(model: onnx.ModelProto, primary: str) -> dict[str, str]:
-    """State inputs and the outputs that return them, told by their paired names and equal shapes."""
-    outputs = _output_dims(model)
-    carry = {}
-    for spec in graph_inputs(model):
-        if spec.name == primary:
-            continue
-        match = [name for name, dims in outputs.items() if _pairs_as_state(spec.name, name) and _same_shape(spec, dims)]
-        if len(match) == 1:
-            carry[spec.name] = match[0]
-    return carry
-
-
-def _checked_carry(model: onnx.ModelProto, inputs: dict[str, GraphInput], carry: dict[str, str]) -> dict[str, str]:
-    outputs = _output_dims(model)
-    for state_in, state_out in carry.items():
-        if state_in not in inputs:
-            raise WindowsFileError(
-                f"--carry {state_in}={state_out}: the model has no input {state_in!r}; its inputs: {', '.join(inputs)}"
-            )
-        if state_out not in outputs:
-            raise WindowsFileError(
-                f"--carry {state_in}={state_out}: the model has no output {state_out!r}; its "
-                f"outputs: {', '.join(outputs)}"
-            )
-        if not _same_shape(inputs[state_in], outputs[state_out]):
-            raise WindowsFileError(
-                f"--carry {state_in}={state_out}: input {inputs[state_in].shape_text} and output "
-                f"{list(outputs[state_out])} differ in shape"
-            )
-    return carry
-
-
-def parse_carry(items: list[str] | None) -> dict[str, str] | None:
-    """--carry IN=OUT options (repeatable) as {input: output}; None when none were given."""
-    if not items:
-        return None
-    pairs = [item.partition("=") for item in items]
-    bad = next((item for item, (a, sep, b) in zip(items, pairs) if not (a and sep and b)), None)
-    if bad is not None:
-        raise WindowsFileError(f"--carry {bad}: expected IN=OUT, a state input and the output that returns it")
-    return {a: b for a, _, b in pairs}
-
-
 def _check_windows(source: WindowSource, spec: GraphInput, per_call: tuple, mode: str) -> None:
     """Each call's slice of the windows must fit the input's fixed axes."""
     if len(per_call) != len(spec.dims) or any(
@@ -259,6 +193,47 @@ def _check_windows(source: WindowSource, spec: GraphInput, per_call: tuple, mode
             f"{source.path}: windows {list(source.shape)} give {mode} calls of shape "
             f"{list(per_call)}, but input {spec.name} is {spec.shape_text}"
         )
+
+
+def _per_window_rows(source: WindowSource, spec: GraphInput):
+    """A row reader for the .npz array feeding `spec` one row per window, checked against the input."""
+    rows = open_rows(source.path, spec.name, None, None, None)
+    if not rows.shape or rows.shape[0] != source.shape[0]:
+        raise WindowsFileError(
+            f"{source.path}: array {spec.name!r} has {rows.shape[:1] or 'no'} rows, the windows "
+            f"{source.shape[0]}: a per-window input needs one row per window"
+        )
+    if spec.dims and isinstance(spec.dims[0], int) and spec.dims[0] != 1:
+        raise WindowsFileError(
+            f"{source.path}: input {spec.name} is {spec.shape_text}, its batch not on the first axis; "
+            "a per-window array is [windows, …]: feed it with --feed, or carry it with --carry"
+        )
+    if len(rows.shape) != len(spec.dims) or any(
+        isinstance(dim, int) and dim != size for dim, size in zip(spec.dims[1:], rows.shape[1:])
+    ):
+        raise WindowsFileError(
+            f"{source.path}: array {spec.name!r} is {list(rows.shape)} for input {spec.name} "
+            f"{spec.shape_text}: one row per window, then the input's own axes"
+        )
+    with zipfile.ZipFile(source.path) as archive:
+        compressed = any(
+            info.compress_type != zipfile.ZIP_STORED
+            for info in archive.infolist()
+            if info.filename in (spec.name, spec.name + ".npy")
+        )
+    if compressed:  # a compressed member cannot be read by row without decompressing from its start: hold it
+        return _InMemory(rows.read(0, rows.shape[0]))
+    return rows
+
+
+class _InMemory:
+    """A per-window array held in memory (a compressed .npz member), read by row like the others."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.shape = array, array.shape
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        return self.array[np.asarray(indices)]
 
 
 def plan_feeds(
@@ -277,10 +252,14 @@ def plan_feeds(
         raise WindowsFileError(
             f"--feed {unknown[0]}: the model has no input {unknown[0]!r}; its inputs: {', '.join(inputs)}"
         )
-    for name, value in constant.items():
-        _constant(inputs[name], value, 1)  # a value that cannot fit is refused before replay starts
     key = source.recipe.get("key", "x")
     primary = key if key in inputs else next(iter(inputs))
+    if primary in constant:
+        raise WindowsFileError(
+            f"--feed {primary}: {primary} is the input the windows feed ({source.path}); feed the model's other inputs"
+        )
+    for name, value in constant.items():
+        _constant(inputs[name], value, 1)  # a value that cannot fit is refused before replay starts
     spec = inputs[primary]
     extra_axis = len(source.shape) == len(spec.dims) + 1
     if carry is None and extra_axis:
@@ -288,7 +267,7 @@ def plan_feeds(
         if carry:
             pairs = ", ".join(f"{a}={b}" for a, b in carry.items())
             say(f"carrying state between calls: {pairs} (detected from the names and shapes; --carry sets it)")
-    carry = _checked_carry(model, inputs, carry or {})
+    carry = checked_carry(model, inputs, carry or {})
     if carry:
         if not extra_axis:
             raise WindowsFileError(
@@ -311,13 +290,7 @@ def plan_feeds(
     )
     for name in _npz_members(source.path):
         if name in inputs and name != primary and name not in constant:
-            rows = open_rows(source.path, name, None, None, None)
-            if not rows.shape or rows.shape[0] != source.shape[0]:
-                raise WindowsFileError(
-                    f"{source.path}: array {name!r} has {rows.shape[:1] or 'no'} rows, the "
-                    f"windows {source.shape[0]}: a per-window input needs one row per window"
-                )
-            feeds.per_window[name] = rows
+            feeds.per_window[name] = _per_window_rows(source, inputs[name])
     missing = [
         spec
         for name, spec in inputs.items()

@@ -29,7 +29,7 @@ import onnxruntime as ort
 import pandas as pd
 from tqdm import tqdm
 
-from reporter.errors import ReporterError
+from reporter.errors import ModelError, ReporterError
 from reporter.layers import Layer
 from reporter.replay.anomaly import feature_names, window_features
 from reporter.replay.calls import run_calls
@@ -269,9 +269,18 @@ class Replayer:
         if self.input_dtype is not None and windows.dtype != self.input_dtype:
             windows = windows.astype(self.input_dtype)  # an int32-id or float16/float64 model input
         if self.provider == "cuda":
-            call = functools.partial(run_bound, session, names=self.names, device="cuda")
+            run = functools.partial(run_bound, session, names=self.names, device="cuda")
         else:
-            call = lambda feed: dict(zip(self.names, session.run(None, feed)))  # noqa: E731
+            run = lambda feed: dict(zip(self.names, session.run(None, feed)))  # noqa: E731
+
+        def call(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            try:
+                return run(feed)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's errors on a feed that does not fit
+                where = f"windows {indices[0]}..{indices[-1]}" if indices is not None and len(indices) else "windows"
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ModelError(f"onnxruntime cannot run the model on {where}: {first}") from None
+
         if self.feeds is None:
             return call({self.input_name: windows})
         return run_calls(call, self.feeds, windows, indices, self._gate_outputs)
