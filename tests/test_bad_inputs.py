@@ -84,9 +84,12 @@ def replay(
 
 CASES = {
     "missing checkpoint": (lambda p: replay(p, "missing.pt"), "missing.pt: no such file"),
-    "truncated checkpoint": (lambda p: replay(p, "truncated.pt"), "truncated.pt"),
-    "random-bytes checkpoint": (lambda p: replay(p, "random.pt"), "random.pt"),
-    "state_dict that does not fit": (lambda p: replay(p, "misfit.pt"), "misfit.pt"),
+    "truncated checkpoint": (lambda p: replay(p, "truncated.pt"), "truncated.pt: not a readable torch checkpoint"),
+    "random-bytes checkpoint": (lambda p: replay(p, "random.pt"), "random.pt: not a torch checkpoint"),
+    "state_dict that does not fit": (
+        lambda p: replay(p, "misfit.pt"),
+        "misfit.pt: state_dict does not fit the factory: missing keys rnn.weight_ih_l0",
+    ),
     "factory that does not import": (
         lambda p: [
             "replay",

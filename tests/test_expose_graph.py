@@ -305,8 +305,8 @@ def test_models_of_older_and_newer_opsets(case, opset):
         np.testing.assert_allclose(outputs[name], original[name], rtol=0, atol=1e-5, err_msg=name)
 
 
-def test_weights_from_constant_nodes_are_honoured_or_refused_by_name():
-    """W and R come from Constant nodes: neither initializers nor graph inputs."""
+def test_weights_from_constant_nodes_are_honoured():
+    """W and R come from Constant nodes: neither initializers nor graph inputs; gates still exact."""
     built = build(Case("GRU", "bidirectional"), name="gru_node")
     graph = built.model.graph
     constants = []
@@ -317,11 +317,8 @@ def test_weights_from_constant_nodes_are_honoured_or_refused_by_name():
     graph.node.insert(0, constants[1])
     graph.node.insert(0, constants[0])
     onnx.checker.check_model(built.model, full_check=True)
-    try:
-        exposed, (layer,) = expose_gates(built.model)
-    except ModelError as error:
-        assert "gru_node" in str(error), str(error)
-        return
+    exposed, (layer,) = expose_gates(built.model)
+    assert layer.name == "gru_node"
     outputs, want = ort_run(exposed, built.feeds), reference(built)
     for gate, name in layer.outputs.items():
         np.testing.assert_allclose(outputs[name], want.gates[gate], **TOL, err_msg=gate)
@@ -340,3 +337,91 @@ def test_a_model_with_no_recurrent_node_is_a_model_error():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=10)
     with pytest.raises(ModelError, match="LSTM|GRU|RNN"):
         expose_gates(model)
+
+
+def _one_node(op: str = "LSTM", x_type=TensorProto.FLOAT, opset: int = OPSET, hidden=True, extra_inputs=(), **attrs):
+    """A graph of one recurrent node named "cell" with weights as initializers (R fed, when asked)."""
+    H, I, blocks = 3, 2, {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((1, blocks * H, I)).astype(np.float32), "W")]
+    inputs = [helper.make_tensor_value_info("X", x_type, ["time", "batch", I])]
+    if hidden:
+        inits.append(numpy_helper.from_array(rng.standard_normal((1, blocks * H, H)).astype(np.float32), "R"))
+        attrs["hidden_size"] = H
+    else:
+        inputs.append(helper.make_tensor_value_info("R", TensorProto.FLOAT, None))  # shape unknown
+    inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in extra_inputs if name]
+    node = helper.make_node(op, ["X", "W", "R", *extra_inputs], ["Y"], name="cell", **attrs)
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+
+
+def _in_if_branch():
+    """An LSTM inside the then-branch of an If."""
+    inner = _one_node().graph
+    branch = helper.make_graph(list(inner.node), "then", [], list(inner.output), list(inner.initializer))
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["X"], ["Y2"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("Y2", TensorProto.FLOAT, None)],
+    )
+    node = helper.make_node("If", ["flag"], ["out"], then_branch=branch, else_branch=other)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("flag", TensorProto.BOOL, []), *inner.input],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=10)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (_in_if_branch, "node 'cell': LSTM inside a control-flow subgraph cannot be exposed"),
+        (lambda: _one_node(x_type=TensorProto.DOUBLE), "node 'cell': input X is DOUBLE, only float32 is supported"),
+        (lambda: _one_node(peephole_mode=1), "node 'cell': unknown LSTM attribute 'peephole_mode'"),
+        (
+            lambda: _one_node(activations=["Sigmoid", "Tanh"]),
+            "node 'cell': expected 3 activations for a 1-direction LSTM, got 2",
+        ),
+        (lambda: _one_node(hidden=False), "node 'cell': hidden_size is not set and R's shape is unknown"),
+        (
+            lambda: _one_node("GRU", extra_inputs=("", "", "", "initial_c")),
+            "node 'cell': GRU takes no initial_c or P input",
+        ),
+        (
+            lambda: _one_node(direction="sideways"),
+            "node 'cell': direction 'sideways' is not forward/reverse/bidirectional",
+        ),
+        (
+            lambda: _one_node(activations=["Sigmoid", "Gelu", "Tanh"]),
+            "node 'cell': activation 'Gelu' is not an ONNX RNN activation",
+        ),
+    ],
+    ids=[
+        "control flow",
+        "float64 input",
+        "unknown attribute",
+        "activation count",
+        "no hidden_size",
+        "GRU initial_c",
+        "direction",
+        "unknown activation",
+    ],
+)
+def test_what_cannot_be_honoured_is_an_error_naming_the_node_and_the_cause(model, message):
+    with pytest.raises(ModelError) as caught:
+        expose_gates(model())
+    assert str(caught.value) == message
+
+
+def test_an_opset_that_cannot_be_converted_is_an_error_saying_so(monkeypatch):
+    def refuse(model, version):
+        raise RuntimeError("No Adapter For LSTM")
+
+    monkeypatch.setattr(onnx.version_converter, "convert_version", refuse)
+    with pytest.raises(ModelError) as caught:
+        expose_gates(_one_node(opset=9))
+    assert str(caught.value) == "model uses opset 9; converting it to opset 13 failed: No Adapter For LSTM"

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from reporter.config import load_config
 from reporter.errors import ConfigError, RunError, WindowsFileError
 from reporter.replay.windows import open_windows_source
-from reporter.runstore import Run
+from reporter.runstore import ARRAYS, TABLES, Run
 from tests.test_runstore import _run
 
 FUZZ = settings(
@@ -115,25 +115,24 @@ def test_config_reader_gives_a_config_or_its_own_error(tmp_path_factory, edits):
 @pytest.fixture(scope="module")
 def saved_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz-run") / "run"
-    _run().save(folder)
+    run = _run()
+    run.timings = {"replay_seconds": 1.5, "windows_per_second": 200.0}
+    run.save(folder)
+    assert sorted(path.name for path in folder.iterdir()) == sorted(RUN_FILES)  # every file is fuzzed
     return folder
 
 
+RUN_FILES = [
+    "run.json",
+    "layers.json",
+    "timings.json",
+    *(f"{t}.parquet" for t in TABLES),
+    *(f"{a}.npz" for a in ARRAYS),
+]
+
+
 @FUZZ
-@given(
-    member=st.sampled_from(
-        [
-            "run.json",
-            "layers.json",
-            "gate_stats.parquet",
-            "window_scores.parquet",
-            "impulse.parquet",
-            "traces.npz",
-            "outputs.npz",
-        ]
-    ),
-    edits=mutations,
-)
+@given(member=st.sampled_from(RUN_FILES), edits=mutations)
 def test_run_store_reader_gives_a_run_or_its_own_error(tmp_path_factory, saved_run, member, edits):
     folder = tmp_path_factory.mktemp("fuzz-copy") / "run"
     shutil.copytree(saved_run, folder)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reporter.errors import RunError
+from reporter.errors import OutputError, RunError
 from reporter.layers import Layer
 from reporter.replay.stats import RunStats
 from reporter.runstore import SCHEMA_VERSION, Run
@@ -144,7 +144,7 @@ def test_a_missing_run_directory_says_how_to_make_one(tmp_path):
 
 def test_a_run_cannot_be_saved_over_a_file(tmp_path):
     (tmp_path / "run").write_text("mine")
-    with pytest.raises(Exception, match="exists and is not a folder"):
+    with pytest.raises(OutputError, match="exists and is not a folder"):
         _run().save(tmp_path / "run")
     assert (tmp_path / "run").read_text() == "mine"
 
