@@ -3,7 +3,8 @@
 Every row of the README's "What Gate Reporter guarantees" table, and gate exactness, has at least
 one planted bug here: a one-place edit of the source, applied in a temporary copy of the
 repository, with the tests that must then fail. A mutation the tests let pass is a guarantee no
-test holds. Prints a table of mutation → caught by (or MISSED) and exits 1 if any was missed.
+test holds. Each set of tests is first run with no bug planted and must pass, so a failure is the
+bug's doing. Prints a table of mutation → caught by (or MISSED) and exits 1 if any was missed.
 
     python -m tests.mutants [NAME ...]       # all mutations, or the named ones
 """
@@ -33,55 +34,136 @@ class Mutation:
 
 
 MUTATIONS = (
-    Mutation("pickle-runs", "a checkpoint never runs code", "reporter/model/placeholder_pickle.py",
-             "        found = _allowed().get(f\"{module}.{name}\")",
-             "        found = _allowed().get(f\"{module}.{name}\") or getattr(__import__(module), name, None)",
-             ("tests/test_checkpoints.py", "-k", "library_that_is_not_installed or malicious")),
-    Mutation("external-data", "external data stays in its folder", "reporter/model/checkpoints.py",
-             "        _check_location(path, location)", "        pass",
-             ("tests/test_checkpoints.py", "-k", "external_data")),
-    Mutation("exit-code", "bad input is exit 2 and one line", "reporter/cli/__init__.py",
-             "        return 2", "        return 1", ("tests/test_cli.py", "-k", "bad_input or one_line")),
-    Mutation("no-staging", "nothing half-written (runs)", "reporter/atomic.py",
-             "        yield staging\n", "        yield output\n        return\n",
-             ("tests/test_runstore.py", "tests/test_interrupts.py")),
-    Mutation("site-in-place", "nothing half-written (sites)", "reporter/report/site.py",
-             "                (staging / path).write_text(html, encoding=\"utf-8\")",
-             "                (output / path).parent.mkdir(parents=True, exist_ok=True)\n"
-             "                (output / path).write_text(html, encoding=\"utf-8\")",
-             ("tests/test_site.py", "-k", "fails_while_writing")),
-    Mutation("layer-safe", "names render as text (layer page)", "reporter/templates/layer.html",
-             "<code>{{ layer.name }}</code>", "<code>{{ layer.name | safe }}</code>",
-             ("tests/test_browser.py", "-k", "hostile")),
-    Mutation("model-card-safe", "names render as text (model card)", "reporter/templates/run.html",
-             "<tr><td><code>{{ layer.name }}</code></td>", "<tr><td><code>{{ layer.name | safe }}</code></td>",
-             ("tests/test_browser.py", "-k", "hostile")),
-    Mutation("fetches", "pages work offline", "reporter/templates/base.html",
-             "<script src=\"{{ root }}{{ assets.vega }}\"></script>",
-             "<script src=\"https://cdn.jsdelivr.net/npm/vega@5\"></script>",
-             ("tests/test_browser.py", "-k", "single_file or hostile")),
-    Mutation("thread-order", "determinism", "reporter/replay/runner.py",
-             "shards[k % len(shards)].fold_parts(parts)", "shards[self._sessions.index(session)].fold_parts(parts)",
-             ("tests/test_determinism.py",)),
-    Mutation("fuzz", "readers survive mutated files", "reporter/runstore.py",
-             "    except Exception as exc:  # noqa: BLE001 - zlib, zipfile and numpy raise many types on damaged files",
-             "    except OSError as exc:  # noqa: BLE001 - zlib, zipfile and numpy raise many types on damaged files",
-             ("tests/test_fuzz.py",)),
-    Mutation("gates-swapped", "exact gates", "reporter/model/scan_rewrite.py",
-             "pre_i, pre_o, pre_f, pre_c = (b.op(", "pre_f, pre_o, pre_i, pre_c = (b.op(",
-             ("tests/test_expose_torch.py", "-x")),
-    Mutation("histogram-dropped", "statistics merge exactly", "reporter/replay/gate_moments.py",
-             "\"hist\": a[\"hist\"] + b[\"hist\"]", "\"hist\": a[\"hist\"]", ("tests/test_stats.py", "-x")),
-    Mutation("per-window-ignored", "every input is fed", "reporter/replay/feeds.py",
-             "            feeds.per_window[name] = rows", "            pass", ("tests/test_feeds.py",)),
-    Mutation("state-not-carried", "streaming state is carried", "reporter/replay/calls.py",
-             "        feed.update({state_in: outputs[state_out] for state_in, state_out in feeds.carry.items()})",
-             "        pass", ("tests/test_streaming.py",)),
-    Mutation("wheel-misses-cli", "a plain pip install works", "pyproject.toml",
-             "\"reporter.cli\", ", "", ("tests/test_wheel.py",)),
-    Mutation("layering", "the layering holds", "reporter/report/numbers.py",
-             "import math\n", "import math\n\nimport onnx  # noqa: F401\n", ("tests/test_layout.py",)),
-)  # fmt: skip
+    Mutation(
+        "pickle-runs",
+        "a checkpoint never runs code",
+        "reporter/model/placeholder_pickle.py",
+        '        found = _allowed().get(f"{module}.{name}")',
+        '        found = _allowed().get(f"{module}.{name}") or getattr(__import__(module), name, None)',
+        ("tests/test_checkpoints.py", "-k", "library_that_is_not_installed or malicious"),
+    ),
+    Mutation(
+        "external-data",
+        "external data stays in its folder",
+        "reporter/model/checkpoints.py",
+        "        _check_location(path, location)",
+        "        pass",
+        ("tests/test_checkpoints.py", "-k", "external_data"),
+    ),
+    Mutation(
+        "exit-code",
+        "bad input is exit 2 and one line",
+        "reporter/cli/__init__.py",
+        "        return 2",
+        "        return 1",
+        ("tests/test_cli.py", "-k", "bad_input or one_line"),
+    ),
+    Mutation(
+        "no-staging",
+        "nothing half-written (runs)",
+        "reporter/atomic.py",
+        "        yield staging\n",
+        "        yield output\n        return\n",
+        ("tests/test_runstore.py", "tests/test_interrupts.py"),
+    ),
+    Mutation(
+        "site-in-place",
+        "nothing half-written (sites)",
+        "reporter/report/site.py",
+        '                (staging / path).write_text(html, encoding="utf-8")',
+        "                (output / path).parent.mkdir(parents=True, exist_ok=True)\n"
+        '                (output / path).write_text(html, encoding="utf-8")',
+        ("tests/test_site.py", "-k", "fails_while_writing"),
+    ),
+    Mutation(
+        "layer-safe",
+        "names render as text (layer page)",
+        "reporter/templates/layer.html",
+        "<code>{{ layer.name }}</code>",
+        "<code>{{ layer.name | safe }}</code>",
+        ("tests/test_browser.py", "-k", "hostile"),
+    ),
+    Mutation(
+        "model-card-safe",
+        "names render as text (model card)",
+        "reporter/templates/run.html",
+        "<tr><td><code>{{ layer.name }}</code></td>",
+        "<tr><td><code>{{ layer.name | safe }}</code></td>",
+        ("tests/test_browser.py", "-k", "hostile"),
+    ),
+    Mutation(
+        "fetches",
+        "pages work offline",
+        "reporter/templates/base.html",
+        '<script src="{{ root }}{{ assets.vega }}"></script>',
+        '<script src="https://cdn.jsdelivr.net/npm/vega@5"></script>',
+        ("tests/test_browser.py", "-k", "single_file or hostile"),
+    ),
+    Mutation(
+        "thread-order",
+        "determinism",
+        "reporter/replay/runner.py",
+        "shards[k % len(shards)].fold_parts(parts)",
+        "shards[self._sessions.index(session)].fold_parts(parts)",
+        ("tests/test_determinism.py",),
+    ),
+    Mutation(
+        "fuzz",
+        "readers survive mutated files",
+        "reporter/runstore.py",
+        "    except Exception as exc:  # noqa: BLE001 - zlib, zipfile and numpy raise many types on damaged files",
+        "    except OSError as exc:  # noqa: BLE001 - zlib, zipfile and numpy raise many types on damaged files",
+        ("tests/test_fuzz.py",),
+    ),
+    Mutation(
+        "gates-swapped",
+        "exact gates",
+        "reporter/model/scan_rewrite.py",
+        "pre_i, pre_o, pre_f, pre_c = (b.op(",
+        "pre_f, pre_o, pre_i, pre_c = (b.op(",
+        ("tests/test_expose_torch.py", "-x"),
+    ),
+    Mutation(
+        "histogram-dropped",
+        "statistics merge exactly",
+        "reporter/replay/gate_moments.py",
+        '"hist": a["hist"] + b["hist"]',
+        '"hist": a["hist"]',
+        ("tests/test_stats.py", "-x"),
+    ),
+    Mutation(
+        "per-window-ignored",
+        "every input is fed",
+        "reporter/replay/feeds.py",
+        "            feeds.per_window[name] = rows",
+        "            pass",
+        ("tests/test_feeds.py",),
+    ),
+    Mutation(
+        "state-not-carried",
+        "streaming state is carried",
+        "reporter/replay/calls.py",
+        "        feed.update({state_in: outputs[state_out] for state_in, state_out in feeds.carry.items()})",
+        "        pass",
+        ("tests/test_streaming.py",),
+    ),
+    Mutation(
+        "wheel-misses-cli",
+        "a plain pip install works",
+        "pyproject.toml",
+        '"reporter.cli", ',
+        "",
+        ("tests/test_wheel.py",),
+    ),
+    Mutation(
+        "layering",
+        "the layering holds",
+        "reporter/report/numbers.py",
+        "import math\n",
+        "import math\n\nimport onnx  # noqa: F401\n",
+        ("tests/test_layout.py",),
+    ),
+)
 
 
 def _copy(destination: Path) -> Path:
@@ -94,6 +176,15 @@ def _copy(destination: Path) -> Path:
     return destination
 
 
+def _pytest(copy: Path, tests: tuple[str, ...]) -> tuple[bool, str]:
+    """Run tests in the copy: (passed, the last line pytest printed)."""
+    env = {**os.environ, "PYTHONPATH": str(copy), "GATE_REPORTER_FUZZ_EXAMPLES": "40"}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
+    done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=900)
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    return done.returncode == 0, lines[-1] if lines else done.stderr.strip()[-120:]
+
+
 def _run(copy: Path, mutation: Mutation) -> tuple[bool, float, str]:
     """Plant the bug, run its tests, put the code back: (caught, seconds, the last line pytest printed)."""
     target = copy / mutation.path
@@ -103,21 +194,24 @@ def _run(copy: Path, mutation: Mutation) -> tuple[bool, float, str]:
             f"mutation {mutation.name}: {mutation.path} holds its text {original.count(mutation.old)} times"
         )
     target.write_text(original.replace(mutation.old, mutation.new), encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(copy), "GATE_REPORTER_FUZZ_EXAMPLES": "40"}
     start = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *mutation.tests],
-                              cwd=copy, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+        passed, last = _pytest(copy, mutation.tests)
     finally:
         target.write_text(original, encoding="utf-8")
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    return done.returncode != 0, time.perf_counter() - start, lines[-1] if lines else done.stderr.strip()[-120:]
+    return not passed, time.perf_counter() - start, last
 
 
 def main(names: list[str]) -> int:
     chosen = [m for m in MUTATIONS if not names or m.name in names]
     with tempfile.TemporaryDirectory(prefix="gate-report-mutants-") as folder:
         copy = _copy(Path(folder) / "repo")
+        for tests in dict.fromkeys(mutation.tests for mutation in chosen):  # unmutated, every set must pass
+            passed, last = _pytest(copy, tests)
+            print(f"baseline {' '.join(tests)}: {last}", file=sys.stderr, flush=True)
+            if not passed:
+                print(f"the tests fail with no bug planted, so they prove nothing: {' '.join(tests)}: {last}")
+                return 1
         rows = []
         for mutation in chosen:
             caught, seconds, last = _run(copy, mutation)
@@ -130,8 +224,10 @@ def main(names: list[str]) -> int:
     print("| guarantee | planted bug | caught by | result |\n| --- | --- | --- | --- |")
     for mutation, caught, _, last in rows:
         tests = " ".join(mutation.tests)
-        print(f"| {mutation.guarantee} | `{mutation.name}` in `{mutation.path}` | `{tests}` | "
-              f"{'caught' if caught else '**MISSED**'}: {last} |")  # fmt: skip
+        print(
+            f"| {mutation.guarantee} | `{mutation.name}` in `{mutation.path}` | `{tests}` | "
+            f"{'caught' if caught else '**MISSED**'}: {last} |"
+        )
     missed = [mutation.name for mutation, caught, _, _ in rows if not caught]
     print(
         f"\n{len(rows) - len(missed)} of {len(rows)} mutations caught"

@@ -56,6 +56,7 @@ def gate_report(tmp_path_factory) -> Path:
         ],
         check=True,
         timeout=600,
+        env=_clean_env(),
     )
     (wheel,) = (work / "dist").glob("gate_reporter-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -63,7 +64,9 @@ def gate_report(tmp_path_factory) -> Path:
     packages = {str(path.relative_to(ROOT)) for path in (ROOT / "reporter").rglob("__init__.py")}
     assert packages and packages <= names, sorted(packages - names)  # every subpackage ships
     venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120, env=_clean_env()
+    )
     subprocess.run(
         [
             sys.executable,
@@ -78,17 +81,24 @@ def gate_report(tmp_path_factory) -> Path:
         ],
         check=True,
         timeout=600,
+        env=_clean_env(),
     )
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    purelib = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True)
+    purelib = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True, env=_clean_env()
+    )
     purelib = Path(purelib.stdout.strip())
     (purelib / "test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return venv / "bin" / "gate-report"
 
 
+def _clean_env() -> dict[str, str]:
+    """The environment without anything that points Python at this checkout or another venv."""
+    return {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
 def _run(command: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    done = subprocess.run([str(command), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([str(command), *args], cwd=cwd, capture_output=True, text=True, env=_clean_env(), timeout=600)
     assert done.returncode == 0, (args, done.stdout, done.stderr)
     return done
 
