@@ -209,7 +209,7 @@ def test_reference_run_scores_new_windows_against_trusted_ones(tmp_path, capsys)
 
 def test_io_binding_gives_the_same_outputs_as_a_plain_run(tiny):
     """The CUDA path runs batches through IO binding; the same code runs on the CPU provider here."""
-    from reporter.replay.runner import open_session, run_bound
+    from reporter.replay.sessions import open_session, run_bound
 
     _, windows, model = tiny
     session = open_session(model.exposed.SerializeToString(), "cpu")

@@ -67,7 +67,7 @@ def make_windows(count: int, path: Path, seed: int = 0) -> Path:
 def _fused_throughput(model, source, batch_size: int, workers: int, provider: str) -> float:
     """Windows/s of the fused model alone over every window: `workers` 1-thread CPU sessions at
     once, or one CUDA session fed through IO binding, as replay runs them."""
-    from reporter.replay.runner import open_session, run_bound
+    from reporter.replay.sessions import open_session, run_bound
 
     sessions = [open_session(model.SerializeToString(), provider) for _ in range(workers)]
     name = sessions[0].get_inputs()[0].name

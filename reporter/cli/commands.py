@@ -99,7 +99,7 @@ def run_bench(args: argparse.Namespace) -> int:
             if provider not in ("cpu", "cuda"):
                 raise ReporterError(f"--provider {provider}: expected cpu, cuda or cpu,cuda")
             if provider == "cuda":
-                from reporter.replay.runner import choose_provider
+                from reporter.replay.sessions import choose_provider
 
                 choose_provider("cuda")  # says what is missing before any benchmark starts
         rows = replay_cost.bench_replay(

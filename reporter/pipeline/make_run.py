@@ -25,7 +25,8 @@ from reporter.replay.anomaly import explain_window, feature_names, score_windows
 from reporter.replay.feeds import Feeds, plan_feeds
 from reporter.replay.gate_moments import StatsConfig
 from reporter.replay.impulse import IMPULSE_COLUMNS, impulse_response
-from reporter.replay.runner import Replayer, ReplayResult, choose_provider
+from reporter.replay.runner import Replayer, ReplayResult
+from reporter.replay.sessions import choose_provider
 from reporter.replay.windows import WindowSource
 from reporter.runstore import SCHEMA_VERSION, Run
 

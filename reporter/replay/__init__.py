@@ -1,7 +1,10 @@
 """Replay the exposed model over stored windows and turn its gate traces into statistics.
 
     windows         stored input windows read as validated batches (window_readers: the formats)
-    runner          onnxruntime sessions over batches, folding each into accumulators
+    feeds, carry    where every model input comes from; a streaming model's state
+    calls           a batch of windows as one call, one per chunk (state carried) or one per window
+    sessions        onnxruntime sessions: provider, CPU/CUDA, IO binding
+    runner          sessions over batches, folding each into accumulators
     dask_shards     the same, sharded over a Dask cluster
     gate_moments    the mergeable per-unit accumulator and its one-pass update
     timestep_stats  mergeable per-timestep trajectories and the exact histogram bins

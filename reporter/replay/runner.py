@@ -13,8 +13,6 @@ numpy kernels release the GIL, so threads are enough. On CUDA, one session does 
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import os
 import sys
@@ -29,24 +27,17 @@ import onnxruntime as ort
 import pandas as pd
 from tqdm import tqdm
 
-from reporter.errors import ModelError, ReporterError
+from reporter.errors import ModelError
 from reporter.layers import Layer
 from reporter.replay.anomaly import feature_names, window_features
 from reporter.replay.calls import run_calls
 from reporter.replay.feeds import Feeds
 from reporter.replay.gate_moments import StatsConfig
+from reporter.replay.sessions import open_session, run_bound, tune_allocator
 from reporter.replay.stats import RunStats
 from reporter.replay.windows import WindowSource
 
-__all__ = [
-    "ReplayResult",
-    "Replayer",
-    "choose_provider",
-    "merge_results",
-    "model_output_names",
-    "open_session",
-    "run_bound",
-]
+__all__ = ["ReplayResult", "Replayer", "merge_results", "model_output_names"]
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -56,91 +47,6 @@ _ORT_TYPES = {
     "tensor(int32)": np.int32,
 }
 MAX_OUTPUT_VALUES = 4096  # last-step output values kept per window (more: the output is not kept)
-
-
-def tune_allocator() -> bool:
-    """Let glibc keep freed batch buffers for the next batch instead of unmapping them.
-
-    Every batch allocates and frees the same few MB-sized arrays (gate traces, statistics
-    temporaries). glibc serves allocations above its mmap threshold with fresh mmaps, so each
-    batch pays page faults on every one of them, and Dask workers start with
-    MALLOC_TRIM_THRESHOLD_=65536, which returns freed memory at once. Fixing the mmap threshold
-    at 32 MB and the trim threshold at 128 MB halved the time per batch here (1.08 s vs 2.1 s for
-    3,584 forecaster windows on one core) while peak memory stays flat (`gate-report bench
-    --replay`). A no-op where the C library is not glibc.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 128 << 20))
-
-
-def choose_provider(requested: str) -> tuple[str, str]:
-    """Pick "cpu" or "cuda" for `--provider auto|cpu|cuda`; return it and a line saying why."""
-    available = ort.get_available_providers()
-    has_cuda = "CUDAExecutionProvider" in available
-    if requested == "cpu":
-        return "cpu", "provider: cpu (requested)"
-    if requested == "cuda":
-        if not has_cuda:
-            raise ReporterError(
-                "--provider cuda: onnxruntime has no CUDA provider here (install gate-reporter[gpu], "
-                "i.e. onnxruntime-gpu, on a machine with an NVIDIA GPU), or use --provider cpu"
-            )
-        return "cuda", "provider: cuda (requested)"
-    if requested != "auto":
-        raise ReporterError(f"--provider {requested}: expected auto, cpu or cuda")
-    if has_cuda:
-        return "cuda", "provider: cuda (auto: onnxruntime-gpu found the CUDA provider)"
-    return "cpu", "provider: cpu (auto: no CUDA provider in this onnxruntime; install gate-reporter[gpu] for GPUs)"
-
-
-@functools.cache  # once per process, however many sessions open
-def _preload_cuda_libraries() -> None:
-    """Load the CUDA/cuDNN libraries that pip's nvidia-* packages installed (onnxruntime-gpu ≥ 1.21
-    looks for them only there when asked; torch, when imported first, has loaded them already)."""
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is not None:
-        with contextlib.suppress(Exception):  # nothing to preload: the system's libraries are used
-            preload()
-
-
-def open_session(model: bytes, provider: str, threads: int = 1) -> ort.InferenceSession:
-    """An onnxruntime session on the CPU (`threads` intra-op threads) or on CUDA."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # warnings about unused initializers etc. are not the user's business
-    providers: list = ["CPUExecutionProvider"]
-    if provider == "cuda":  # no TF32: its 10-bit matmuls would move gate values in the 4th digit from the CPU's
-        _preload_cuda_libraries()
-        providers = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
-    session = ort.InferenceSession(model, options, providers=providers)
-    if provider == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
-        raise ReporterError(
-            "--provider cuda: onnxruntime could not start the CUDA provider (is a GPU visible, and do "
-            "the CUDA/cuDNN libraries match onnxruntime-gpu?); use --provider cpu"
-        )
-    return session
-
-
-def run_bound(
-    session: ort.InferenceSession, feed: dict[str, np.ndarray], names: list[str], device: str
-) -> dict[str, np.ndarray]:
-    """Run one batch with IO binding: each input is copied to `device` once, and every output is
-    written by the provider straight into host memory, where the accumulators read it. No output
-    is kept on the device or copied twice; outputs nothing reads are not fetched at all."""
-    binding = session.io_binding()
-    for name, value in feed.items():
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device, 0))
-    for name in names:
-        binding.bind_output(name, "cpu")
-    session.run_with_iobinding(binding)
-    return dict(zip(names, binding.copy_outputs_to_cpu()))
 
 
 def _batch_major(model: onnx.ModelProto, name: str) -> bool:
