@@ -643,3 +643,19 @@ def test_an_unknown_activation_in_the_reverse_direction_is_an_error():
     built = build(Case("GRU", "bidirectional", attrs=dict(activations=["Sigmoid", "Tanh", "Sigmoid", "Gelu"])))
     with pytest.raises(ModelError, match="Gelu"):
         expose_gates(built.model)
+
+
+@pytest.mark.parametrize("case_id", CASES)
+def test_every_gate_is_the_same_in_onnx_reference_evaluator(case_id):
+    """A second runtime for the intermediate gates: onnx's ReferenceEvaluator runs the exposed graph
+    (its Scan and every op of the body in onnx's own numpy code), and each gate it gives equals the
+    spec's equations (`rnn_reference`): not only Y, Y_h and Y_c."""
+    from reporter.model.expose import expose_gates
+
+    built = build(CASES[case_id])
+    exposed, (layer,) = expose_gates(built.model)
+    names = [output.name for output in exposed.graph.output]
+    outputs = dict(zip(names, ReferenceEvaluator(exposed).run(None, built.feeds)))
+    want = reference(built)
+    for gate, name in layer.outputs.items():
+        np.testing.assert_allclose(outputs[name], want.gates[gate], **TOL, err_msg=gate)
