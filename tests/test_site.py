@@ -164,3 +164,36 @@ def test_a_build_that_fails_while_writing_pages_leaves_the_previous_site_byte_id
         assert "No space left on device" in str(caught.value) and str(site) in str(caught.value)
     assert _files(site) == before  # every file as it was, none added
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".site")] == []  # no staging left behind
+
+
+def test_a_layer_named_by_its_onnx_node_renders_as_text(tmp_path):
+    """A hand-built ONNX model's layer takes its node's name: markup there stays text on every page."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from reporter.cli import main
+
+    hostile = '<img src=x onerror="window.__pwned=1">cell</script>'
+    rng = np.random.default_rng(0)
+    weights = {"W": rng.normal(0, 0.5, (1, 12, 3)), "R": rng.normal(0, 0.5, (1, 12, 3))}
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["x_t"], perm=[1, 0, 2]),
+        helper.make_node("LSTM", ["x_t", "W", "R"], ["Y"], hidden_size=3, name=hostile),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time", 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(value.astype(np.float32), name) for name, value in weights.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), tmp_path / "m.onnx")
+    np.savez(tmp_path / "w.npz", x=rng.standard_normal((12, 6, 3)).astype(np.float32))
+    run = tmp_path / "run"
+    assert main(["replay", str(tmp_path / "m.onnx"), "--windows", str(tmp_path / "w.npz"), "-o", str(run)]) == 0
+    assert main(["build", "--runs", str(run), "-o", str(tmp_path / "site")]) == 0
+    pages = {path: path.read_text(encoding="utf-8") for path in (tmp_path / "site").rglob("*.html")}
+    assert len(pages) > 3
+    for path, html in pages.items():
+        assert "<img src=x" not in html and "cell</script>" not in html, path
+    assert any("&lt;img src=x onerror=&#34;window.__pwned=1&#34;&gt;cell" in html for html in pages.values())
