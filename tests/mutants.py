@@ -135,7 +135,7 @@ MUTATIONS = (
         "per-window-ignored",
         "every input is fed",
         "reporter/replay/feeds.py",
-        "            feeds.per_window[name] = rows",
+        "            feeds.per_window[name] = _per_window_rows(source, inputs[name])",
         "            pass",
         ("tests/test_feeds.py",),
     ),
@@ -169,7 +169,7 @@ MUTATIONS = (
 def _copy(destination: Path) -> Path:
     """The repository without its venv and caches; templates inside the package, as in the wheel."""
     skip = shutil.ignore_patterns(
-        ".venv", ".git", "runs", "site", "__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info"
+        ".venv", ".git", "runs", "site", "__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info", "build", "dist"
     )
     shutil.copytree(ROOT, destination, ignore=skip)
     shutil.copytree(destination / "templates", destination / "reporter" / "templates")
@@ -206,6 +206,11 @@ def main(names: list[str]) -> int:
     chosen = [m for m in MUTATIONS if not names or m.name in names]
     with tempfile.TemporaryDirectory(prefix="gate-report-mutants-") as folder:
         copy = _copy(Path(folder) / "repo")
+        for mutation in chosen:  # every planted bug must find its place before any test runs
+            count = (copy / mutation.path).read_text(encoding="utf-8").count(mutation.old)
+            if count != 1:
+                print(f"mutation {mutation.name}: {mutation.path} holds its text {count} times, not once")
+                return 1
         for tests in dict.fromkeys(mutation.tests for mutation in chosen):  # unmutated, every set must pass
             passed, last = _pytest(copy, tests)
             print(f"baseline {' '.join(tests)}: {last}", file=sys.stderr, flush=True)

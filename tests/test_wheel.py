@@ -5,6 +5,7 @@ export → replay → build → diff with a markdown summary and a single HTML f
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -41,6 +42,11 @@ def gate_report(tmp_path_factory) -> Path:
     """The `gate-report` command of a fresh venv holding only the wheel (dependencies come from
     this test environment through a path entry, so nothing is downloaded)."""
     work = tmp_path_factory.mktemp("wheel")
+    source = work / "source"  # built from a copy: a build writes build/ beside its sources, never in the checkout
+    for folder in ("reporter", "templates"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
     subprocess.run(
         [
             sys.executable,
@@ -52,7 +58,7 @@ def gate_report(tmp_path_factory) -> Path:
             "--no-build-isolation",
             "-w",
             str(work / "dist"),
-            str(ROOT),
+            str(source),
         ],
         check=True,
         timeout=600,
