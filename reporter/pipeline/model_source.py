@@ -10,7 +10,6 @@ expose the gates. How the windows and the model's other inputs feed the exposed 
 from __future__ import annotations
 
 import inspect
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from reporter.model.export import export_module
 from reporter.model.expose import expose_gates
 from reporter.model.inputs import example_windows, graph_inputs, module_input
 from reporter.model.module_inputs import INPUT_NAME, forward_arguments
-from reporter.replay.window_readers import open_rows
+from reporter.replay.window_readers import npz_arrays, open_rows
 from reporter.replay.windows import WindowSource
 
 __all__ = ["ModelRecipe", "ModelSource", "exposed_model", "fused_model_and_windows", "input_names"]
@@ -60,17 +59,6 @@ class ModelSource:
     exporter: str | None
 
 
-def _npz_arrays(path: Path | None) -> list[str]:
-    """The array names of a windows .npz (none for other formats or unreadable files)."""
-    if path is None or Path(path).suffix.lower() != ".npz":
-        return []
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return [name.removesuffix(".npy") for name in archive.namelist()]
-    except (OSError, zipfile.BadZipFile):
-        return []  # reported, by name, when the windows are opened
-
-
 def _takes_dict(module: torch.nn.Module, argument: str) -> bool:
     """Whether forward's one argument is a dict of tensors, as its annotation says (forecasting
     libraries annotate it `Dict[str, Tensor]`); an unannotated argument takes the windows."""
@@ -89,7 +77,7 @@ def input_names(loaded: LoadedCheckpoint, windows: Path | None = None) -> list[s
     or the keys of its one dict argument: the windows .npz's arrays); ["x"] for windows alone."""
     if loaded.onnx_model is not None:
         return [spec.name for spec in graph_inputs(loaded.onnx_model)]
-    arguments, arrays = forward_arguments(loaded.module), _npz_arrays(windows)
+    arguments, arrays = forward_arguments(loaded.module), npz_arrays(windows)
     if len(arguments) > 1:
         return arguments
     if arguments != [INPUT_NAME] and _takes_dict(loaded.module, arguments[0]) and arrays:
@@ -117,7 +105,7 @@ def _expose(path: Path, model: onnx.ModelProto):
 
 def _named_examples(loaded: LoadedCheckpoint, windows: WindowSource, names: list[str]) -> dict[str, np.ndarray]:
     """The first windows of every array a several-input forward takes, by name."""
-    arrays = _npz_arrays(windows.path)
+    arrays = npz_arrays(windows.path)
     missing = [name for name in names if name not in arrays]
     if missing:
         raise CheckpointError(

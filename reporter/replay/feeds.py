@@ -27,7 +27,7 @@ import onnx
 from reporter.errors import WindowsFileError
 from reporter.model.inputs import GraphInput, graph_inputs, onnx_input
 from reporter.replay.carry import checked_carry, detect_carry
-from reporter.replay.window_readers import open_rows
+from reporter.replay.window_readers import npz_arrays, open_rows
 from reporter.replay.windows import WindowSource
 
 __all__ = ["FEED_VALUES", "Feeds", "feed_value", "parse_feeds", "plan_feeds", "windows_key"]
@@ -165,22 +165,12 @@ class Feeds:
         return described
 
 
-def _npz_members(path: Path) -> list[str]:
-    if path.suffix.lower() != ".npz":
-        return []
-    with zipfile.ZipFile(path) as archive:
-        return [name[:-4] if name.endswith(".npy") else name for name in archive.namelist()]
-
-
 def windows_key(path: Path, input_names: list[str], requested: str | None = None) -> str:
     """Which array of a windows file feeds the model's windows: the one asked for, else in an .npz
     the first input's own name when it is there, else "x"."""
     if requested:
         return requested
-    try:
-        members = _npz_members(Path(path)) if Path(path).is_file() else []
-    except (OSError, zipfile.BadZipFile):
-        members = []  # an unreadable file is reported, by name, when the windows are opened
+    members = npz_arrays(path)
     return next((name for name in input_names if name in members), "x")
 
 
@@ -288,7 +278,7 @@ def plan_feeds(
         batchless=extra_axis and not carry,
         batch_of_one=spec.dims[:1] == (1,),
     )
-    for name in _npz_members(source.path):
+    for name in npz_arrays(source.path):
         if name in inputs and name != primary and name not in constant:
             feeds.per_window[name] = _per_window_rows(source, inputs[name])
     missing = [

@@ -18,7 +18,7 @@ import numpy as np
 
 from reporter.errors import WindowsFileError
 
-__all__ = ["FORMATS", "open_rows"]
+__all__ = ["FORMATS", "npz_arrays", "open_rows"]
 
 FORMATS = (".npy", ".npz", ".pt", ".parquet", ".csv")
 
@@ -225,3 +225,15 @@ def open_rows(path: Path, key: str, window: int | None, stride: int | None, colu
     if suffix in (".parquet", ".csv"):
         return _table_rows(path, window, stride, columns)
     raise WindowsFileError(f"{path}: unsupported windows format {suffix!r} (expected {', '.join(FORMATS)})")
+
+
+def npz_arrays(path: Path | None) -> list[str]:
+    """The array names of a windows .npz (none for other formats or unreadable files: those are
+    reported, by name, when the windows are opened)."""
+    if path is None or Path(path).suffix.lower() != ".npz" or not Path(path).is_file():
+        return []
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [name.removesuffix(".npy") for name in archive.namelist()]
+    except (OSError, zipfile.BadZipFile):
+        return []
