@@ -176,13 +176,13 @@ def _copy(destination: Path) -> Path:
     return destination
 
 
-def _pytest(copy: Path, tests: tuple[str, ...]) -> tuple[bool, str]:
-    """Run tests in the copy: (passed, the last line pytest printed)."""
+def _pytest(copy: Path, tests: tuple[str, ...]) -> tuple[bool, str, str]:
+    """Run tests in the copy: (passed, the last line pytest printed, all it printed)."""
     env = {**os.environ, "PYTHONPATH": str(copy), "GATE_REPORTER_FUZZ_EXAMPLES": "40"}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
+    command = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *tests]
     done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=900)
     lines = [line for line in done.stdout.splitlines() if line.strip()]
-    return done.returncode == 0, lines[-1] if lines else done.stderr.strip()[-120:]
+    return done.returncode == 0, lines[-1] if lines else done.stderr.strip()[-120:], done.stdout
 
 
 def _run(copy: Path, mutation: Mutation) -> tuple[bool, float, str]:
@@ -196,7 +196,7 @@ def _run(copy: Path, mutation: Mutation) -> tuple[bool, float, str]:
     target.write_text(original.replace(mutation.old, mutation.new), encoding="utf-8")
     start = time.perf_counter()
     try:
-        passed, last = _pytest(copy, mutation.tests)
+        passed, last, _ = _pytest(copy, mutation.tests)
     finally:
         target.write_text(original, encoding="utf-8")
     return not passed, time.perf_counter() - start, last
@@ -212,9 +212,10 @@ def main(names: list[str]) -> int:
                 print(f"mutation {mutation.name}: {mutation.path} holds its text {count} times, not once")
                 return 1
         for tests in dict.fromkeys(mutation.tests for mutation in chosen):  # unmutated, every set must pass
-            passed, last = _pytest(copy, tests)
+            passed, last, printed = _pytest(copy, tests)
             print(f"baseline {' '.join(tests)}: {last}", file=sys.stderr, flush=True)
             if not passed:
+                print(printed[-6000:], file=sys.stderr)  # which test failed, and why
                 print(f"the tests fail with no bug planted, so they prove nothing: {' '.join(tests)}: {last}")
                 return 1
         rows = []

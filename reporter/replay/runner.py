@@ -139,6 +139,15 @@ class _Turns:
             self.condition.notify_all()
 
 
+def _finish(threads: list[threading.Thread]) -> None:
+    """Wait for workers told to stop. A worker left inside onnxruntime while the interpreter shuts
+    down aborts the process ("terminate called without an active exception", exit -6 instead of
+    130), so an interrupted replay returns only once every session call has ended."""
+    for thread in threads:
+        if thread.is_alive():
+            thread.join()
+
+
 class Replayer:
     """Runs an exposed model over windows: `run_batch` for a few windows, `replay` for all of them."""
 
@@ -238,6 +247,8 @@ class Replayer:
                     thread.join(0.2)  # short joins keep Ctrl-C responsive
         except BaseException:
             failure.append(None)  # tell the workers to stop after their current batch
+            turns.abort()
+            _finish(threads)
             raise
         finally:
             bar.close()
