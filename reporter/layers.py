@@ -18,8 +18,10 @@ import json
 from dataclasses import asdict, dataclass, field
 
 __all__ = [
+    "CELLS",
     "FAMILY_RANGES",
     "GATES",
+    "GENERIC",
     "GATE_NAMES",
     "KEEP_GATE",
     "KINDS",
@@ -35,7 +37,9 @@ __all__ = [
     "value_family",
 ]
 
-KINDS = ("LSTM", "GRU", "RNN")
+KINDS = ("LSTM", "GRU", "RNN")  # recognised cells, fused or decomposed: their gates are named by the contract
+GENERIC = "generic"  # a recurrent body that matches no known cell: its gates are named by node
+CELLS = ("fused", "decomposed", "generic")
 # Gates exposed per kind, in the operator's order (the contract in ARCHITECTURE.md).
 GATES = {"LSTM": ("i", "f", "g", "o", "c", "h"), "GRU": ("z", "r", "n", "h"), "RNN": ("h",)}
 # The gate that multiplies the carried state: its mean gives the memory horizon.
@@ -70,13 +74,16 @@ class Layer:
     """One exposed recurrent layer, as every step after exposure sees it."""
 
     name: str  # unique and readable: torch module path + ".l{k}", or the node's name
-    kind: str  # one of KINDS
+    kind: str  # one of KINDS, or GENERIC
     directions: int  # 1 or 2
     hidden_size: int
     outputs: dict[str, str]  # gate -> graph output name, [batch, time, directions, hidden]
     node: str = ""  # the recurrent node's name in the original graph
     direction: str = "forward"  # forward | reverse | bidirectional
     activations: dict[str, str] = field(default_factory=dict)  # gate -> activation name
+    branch: str = ""  # the control flow it sits in, outermost first ("If 'sr' then_branch › …"); "" top level
+    cell: str = "fused"  # fused (an ONNX LSTM/GRU/RNN node) | decomposed (elementary ops) | generic
+    note: str = ""  # one line a reader should know (a generic layer says what its traces are)
 
 
 def default_activations(kind: str) -> tuple[str, ...]:
@@ -154,7 +161,10 @@ def _well_formed(layer: Layer) -> bool:
     return (
         isinstance(layer.name, str)
         and bool(layer.name)
-        and layer.kind in KINDS
+        and (layer.kind in KINDS or layer.kind == GENERIC)
+        and layer.cell in CELLS
+        and isinstance(layer.branch, str)
+        and isinstance(layer.note, str)
         and layer.directions in (1, 2)
         and isinstance(layer.hidden_size, int)
         and layer.hidden_size > 0

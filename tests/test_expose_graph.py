@@ -356,30 +356,9 @@ def _one_node(op: str = "LSTM", x_type=TensorProto.FLOAT, opset: int = OPSET, hi
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
 
 
-def _in_if_branch():
-    """An LSTM inside the then-branch of an If."""
-    inner = _one_node().graph
-    branch = helper.make_graph(list(inner.node), "then", [], list(inner.output), list(inner.initializer))
-    other = helper.make_graph(
-        [helper.make_node("Identity", ["X"], ["Y2"])],
-        "else",
-        [],
-        [helper.make_tensor_value_info("Y2", TensorProto.FLOAT, None)],
-    )
-    node = helper.make_node("If", ["flag"], ["out"], then_branch=branch, else_branch=other)
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("flag", TensorProto.BOOL, []), *inner.input],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=10)
-
-
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        (_in_if_branch, "node 'cell': LSTM inside a control-flow subgraph cannot be exposed"),
         (lambda: _one_node(x_type=TensorProto.DOUBLE), "node 'cell': input X is DOUBLE, only float32 is supported"),
         (lambda: _one_node(peephole_mode=1), "node 'cell': unknown LSTM attribute 'peephole_mode'"),
         (
@@ -401,7 +380,6 @@ def _in_if_branch():
         ),
     ],
     ids=[
-        "control flow",
         "float64 input",
         "unknown attribute",
         "activation count",

@@ -13,7 +13,6 @@ runs torch's documented equations in float64; it shares nothing with ONNX's conv
 from __future__ import annotations
 
 import io
-import re
 import warnings
 from dataclasses import dataclass
 
@@ -242,15 +241,6 @@ def exposed_outputs(exported):
     return get
 
 
-def assert_no_recurrent_node_error(e: Exported) -> None:
-    """A model with no recurrent node must be a one-line ModelError that says what is missing."""
-    assert e.error is not None, f"expose_gates accepted a model with no {'/'.join(KINDS)} node"
-    message = str(e.error)
-    assert "\n" not in message and re.search("LSTM|GRU|RNN|recurrent", message), message
-
-
-# The dynamo exporter decomposes nn.RNN into elementary ops: no RNN node, nothing to expose (yet:
-# issue 14); `test_the_dynamo_exporter_still_decomposes_rnn` holds that case.
 DECOMPOSED = {("RNN", "dynamo")}
 MATRIX = [
     pytest.param(kind, exporter, cell, id=f"{kind}-{exporter}-{cell.module_name}")
@@ -318,11 +308,13 @@ def test_every_gate_output_is_a_distinct_graph_output(kind, exporter, exported):
     assert sorted(graph_outputs[len(original) :]) == sorted(gate_outputs)
 
 
-def test_the_dynamo_exporter_still_decomposes_rnn(exported):
-    """If this starts failing, the dynamo exporter emits RNN nodes: drop it from DECOMPOSED."""
+def test_the_dynamo_exporter_still_decomposes_rnn_and_its_cells_are_recognised(exported):
+    """If this starts failing, the dynamo exporter emits RNN nodes: drop it from DECOMPOSED. Its
+    elementary ops are exposed as decomposed RNN layers (their values: tests/test_expose_decomposed.py)."""
     e = exported("RNN", "dynamo")
     assert not recurrent_nodes(e.model)
-    assert_no_recurrent_node_error(e)
+    assert e.error is None and e.layers
+    assert {(layer.kind, layer.cell) for layer in e.layers} == {("RNN", "decomposed")}
 
 
 def test_a_relu_rnn_exported_by_the_legacy_exporter():

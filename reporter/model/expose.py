@@ -1,23 +1,26 @@
-"""Expose gates: every LSTM/GRU/RNN node's gates and states become graph outputs.
+"""Expose gates: every recurrent layer's gates and states become graph outputs, wherever it hides.
 
-A graph pass in the onnx-ir manner: it finds the recurrent nodes, replaces each with an
-equivalent Scan that also emits its gates (`reporter.model.scan_rewrite`), appends one graph output
-per gate, and returns a new model with the layer manifest stored in its metadata, so that exposing
-an exposed model is a no-op and the manifest travels with the file. The input model is never
-modified; the model's own outputs keep their names, order and values.
+A graph pass in the onnx-ir manner. It walks the main graph and every `If` branch and
+`Loop`/`Scan` body, at any depth: a fused LSTM/GRU/RNN node is replaced with an equivalent Scan
+that also emits its gates (`reporter.model.scan_rewrite`); a cell built from elementary ops is
+recognised from its equations (`reporter.model.cell_patterns`, `reporter.model.decomposed`); a gate
+inside control flow is carried out to the main graph (`reporter.model.control_flow`). One graph
+output per gate is appended, and the layer manifest is stored in the model's metadata, so that
+exposing an exposed model is a no-op and the manifest travels with the file. The input model is
+never modified; the model's own outputs keep their names, order and values.
 """
 
 from __future__ import annotations
-
-import ast
-import re
 
 import onnx
 from onnx import TensorProto, helper
 
 from reporter.errors import ModelError
 from reporter.layers import GATES, KINDS, Layer, gate_activations, layers_from_json, layers_to_json
-from reporter.model.graph_builder import fresh_name
+from reporter.model.control_flow import BRANCH_ATTRIBUTES, lift_out_of
+from reporter.model.decomposed import Found, decomposed_layers
+from reporter.model.graph_builder import GraphBuilder, fresh_name
+from reporter.model.layer_names import LayerNamer
 from reporter.model.recurrent_spec import read_spec
 from reporter.model.scan_rewrite import build_scan_rewrite
 
@@ -26,8 +29,7 @@ __all__ = ["MANIFEST_KEY", "RECURRENT_OPS", "expose_gates"]
 RECURRENT_OPS = KINDS  # the ONNX operators whose gates are exposed
 MANIFEST_KEY = "gate_reporter.layers"
 _MIN_OPSET = 13  # Unsqueeze/Squeeze/Slice with tensor inputs
-_GENERATED_NAME = re.compile(r"(LSTM|GRU|RNN)__\d+")  # tf2onnx's names for the nodes it fuses
-_TF_INTERNAL = {"PartitionedCall", "StatefulPartitionedCall"}  # TensorFlow's own scopes inside a Keras layer
+_DIRECTION = {(False,): "forward", (True,): "reverse", (False, True): "bidirectional"}
 
 
 def expose_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Layer]]:
@@ -41,28 +43,22 @@ def expose_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Layer]]:
         exposed = onnx.inliner.inline_local_functions(exposed)
     exposed = _with_min_opset(exposed)
     graph = exposed.graph
-    _refuse_nested_recurrent_nodes(graph)
-    targets = [n for n in graph.node if n.op_type in RECURRENT_OPS and n.domain in ("", "ai.onnx")]
-    if not targets:
-        raise ModelError(f"model {graph.name!r} has no LSTM, GRU or RNN node to expose")
-    types = _known_types(exposed)
-    taken = _all_names(graph)
-    replacements, layers = {}, []
-    for node, name in zip(targets, _layer_names(targets)):
-        spec = read_spec(node, lambda t: types.get(t, (None, None))[1])
-        x_type = types.get(spec.inputs["X"], (None, None))[0]
-        if x_type not in (None, TensorProto.FLOAT):
-            raise ModelError(
-                f"node {node.name!r}: input X is {TensorProto.DataType.Name(x_type)}, only float32 is supported"
-            )
-        outputs = {gate: fresh_name(taken, f"{name}/{gate}") for gate in GATES[spec.kind]}
-        replacements[id(node)] = build_scan_rewrite(spec, taken, f"{name}/scan", outputs)
-        layers.append(_layer(name, node, spec, outputs))
-    new_nodes = []
-    for node in graph.node:
-        new_nodes.extend(replacements.get(id(node), [node]))
-    del graph.node[:]
-    graph.node.extend(new_nodes)
+    types, taken, notes = _known_types(exposed), _all_names(graph), []
+    found = _expose_graph(graph, [], types, taken, notes)
+    if not found:
+        raise ModelError(
+            f"model {graph.name!r} has no LSTM, GRU or RNN node, and no recurrent cell built from "
+            "elementary ops, to expose" + (f" ({notes[0]})" if notes else "")
+        )
+    layers, b, namer = [], GraphBuilder(taken, "gate_reporter"), LayerNamer()
+    for layer in found:
+        name = namer.name(layer.node, layer.kind, layer.cell == "fused")
+        outputs = {
+            gate: b.op("Identity", tensor, out=fresh_name(taken, f"{name}/{gate}"))
+            for gate, tensor in layer.gates.items()
+        }
+        layers.append(_layer(name, layer, outputs))
+    graph.node.extend(b.nodes)
     for layer in layers:
         for gate_output in layer.outputs.values():
             graph.output.append(
@@ -76,11 +72,81 @@ def expose_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Layer]]:
     return exposed, layers
 
 
-def _layer(name: str, node: onnx.NodeProto, spec, outputs: dict[str, str]) -> Layer:
-    """Describe an exposed node; `activations` tells later steps each gate's value range."""
-    ranges = gate_activations(spec.kind, [a.name for a in spec.activations[0]])
-    direction = {(False,): "forward", (True,): "reverse", (False, True): "bidirectional"}[spec.reverse]
-    return Layer(name, spec.kind, spec.directions, spec.hidden_size, outputs, node.name, direction, ranges)
+def _expose_graph(graph: onnx.GraphProto, carried: list, types: dict, taken: set[str], notes: list[str]) -> list[Found]:
+    """Expose every layer of `graph` and of its subgraphs; each layer's gates as tensors of `graph`,
+    in graph order. New nodes go into `graph` itself."""
+    original, b = list(graph.node), GraphBuilder(taken, "gate_reporter")
+    widths = lambda name: _last_dim(types, name)  # noqa: E731
+    anchors = {id(node): k for k, node in enumerate(original)}
+    found = [(anchors[id(f.node)], f) for f in decomposed_layers(graph, carried, widths, b, notes)]
+    replacements = {}
+    for k, node in enumerate(original):
+        if node.op_type in RECURRENT_OPS and node.domain in ("", "ai.onnx"):
+            layer, replacements[id(node)] = _fused(node, types, taken)
+            found.append((k, layer))
+        for attribute in BRANCH_ATTRIBUTES.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
+            sub = next(a.g for a in node.attribute if a.name == attribute)
+            where = f"{node.op_type} {node.name or node.output[0]!r} {attribute}"
+            for layer in _expose_graph(sub, _carried_states(node, sub), types, taken, notes):
+                layer.gates = {
+                    gate: lift_out_of(node, sub, tensor, layer.directions, layer.hidden_size, b)
+                    for gate, tensor in layer.gates.items()
+                }
+                layer.branch = [where, *layer.branch]
+                found.append((k, layer))
+    nodes = [new for node in original for new in replacements.get(id(node), [node])]
+    del graph.node[:]
+    graph.node.extend([*nodes, *b.nodes])
+    return [layer for _, layer in sorted(found, key=lambda pair: pair[0])]
+
+
+def _fused(node: onnx.NodeProto, types: dict, taken: set[str]) -> tuple[Found, list[onnx.NodeProto]]:
+    """A fused node's layer, and the Scan rewrite that replaces it."""
+    spec = read_spec(node, lambda t: types.get(t, (None, None))[1])
+    x_type = types.get(spec.inputs["X"], (None, None))[0]
+    if x_type not in (None, TensorProto.FLOAT):
+        raise ModelError(
+            f"node {node.name!r}: input X is {TensorProto.DataType.Name(x_type)}, only float32 is supported"
+        )
+    prefix = fresh_name(taken, f"gate_reporter/{node.name or node.op_type}")
+    outputs = {gate: fresh_name(taken, f"{prefix}/{gate}") for gate in GATES[spec.kind]}
+    nodes = build_scan_rewrite(spec, taken, f"{prefix}/scan", outputs)
+    activations = gate_activations(spec.kind, [a.name for a in spec.activations[0]])
+    layer = Found(spec.kind, spec.directions, spec.hidden_size, outputs, node, activations, _DIRECTION[spec.reverse])
+    return layer, nodes
+
+
+def _carried_states(node: onnx.NodeProto, sub: onnx.GraphProto) -> list[tuple[str, str]]:
+    """(state input, updated state output) pairs of a Loop or Scan body; none for an If branch."""
+    if node.op_type == "Loop":
+        count = len(node.input) - 2
+        return [(sub.input[2 + k].name, sub.output[1 + k].name) for k in range(count)]
+    if node.op_type == "Scan":
+        scanned = next(a.i for a in node.attribute if a.name == "num_scan_inputs")
+        return [(sub.input[k].name, sub.output[k].name) for k in range(len(node.input) - scanned)]
+    return []
+
+
+def _last_dim(types: dict, name: str) -> int | None:
+    dims = types.get(name, (None, None))[1]
+    return dims[-1] if dims and isinstance(dims[-1], int) and dims[-1] > 0 else None
+
+
+def _layer(name: str, found: Found, outputs: dict[str, str]) -> Layer:
+    """Describe an exposed layer; `activations` tells later steps each gate's value range."""
+    return Layer(
+        name,
+        found.kind,
+        found.directions,
+        found.hidden_size,
+        outputs,
+        found.node.name,
+        found.direction,
+        found.activations,
+        branch=" › ".join(found.branch),
+        cell=found.cell,
+        note=found.note,
+    )
 
 
 def _checked_manifest(model: onnx.ModelProto, manifest: str) -> list[Layer]:
@@ -116,14 +182,6 @@ def _subgraphs(graph: onnx.GraphProto):
                 yield from _subgraphs(sub)
 
 
-def _refuse_nested_recurrent_nodes(graph: onnx.GraphProto) -> None:
-    """A node inside an If/Loop/Scan body cannot have its gates made graph outputs."""
-    for sub in _subgraphs(graph):
-        for node in sub.node:
-            if node.op_type in RECURRENT_OPS:
-                raise ModelError(f"node {node.name!r}: {node.op_type} inside a control-flow subgraph cannot be exposed")
-
-
 def _all_names(graph: onnx.GraphProto) -> set[str]:
     """Every tensor and node name in the graph and its subgraphs (new names must avoid them)."""
     names = set()
@@ -142,62 +200,19 @@ def _known_types(model: onnx.ModelProto) -> dict[str, tuple[int | None, list | N
     except Exception:  # noqa: BLE001 - inference is a nicety here: unknown shapes are handled downstream
         inferred = model
     known = {}
-    graph = inferred.graph
-    for init in graph.initializer:
-        known[init.name] = (init.data_type, list(init.dims))
-    for info in [*graph.input, *graph.value_info, *graph.output]:
-        if info.type.HasField("tensor_type"):
-            tensor = info.type.tensor_type
-            dims = (
-                [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-                if tensor.HasField("shape")
-                else None
-            )
-            known.setdefault(info.name, (tensor.elem_type or None, dims))
+    for graph in [inferred.graph, *_subgraphs(inferred.graph)]:
+        for init in graph.initializer:
+            known[init.name] = (init.data_type, list(init.dims))
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                known[node.output[0]] = (node.attribute[0].t.data_type, list(node.attribute[0].t.dims))
+        for info in [*graph.input, *graph.value_info, *graph.output]:
+            if info.type.HasField("tensor_type"):
+                tensor = info.type.tensor_type
+                dims = (
+                    [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+                    if tensor.HasField("shape")
+                    else None
+                )
+                known.setdefault(info.name, (tensor.elem_type or None, dims))
     return known
-
-
-def _module_path(node: onnx.NodeProto) -> str | None:
-    """The torch module path a node came from (dynamo name scopes or legacy '/a/b/LSTM'), if any."""
-    meta = {p.key: p.value for p in node.metadata_props}
-    if "pkg.torch.onnx.name_scopes" in meta:
-        try:
-            scopes = ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])
-        except (ValueError, SyntaxError):
-            scopes = []
-        return ".".join(s for s in scopes[1:-1] if s) or None
-    if node.name.startswith("/"):
-        return ".".join(p for p in node.name.strip("/").split("/")[:-1] if p) or None
-    return None
-
-
-def _tf_scope(node: onnx.NodeProto) -> str | None:
-    """The Keras layer a tf2onnx node came from: tf2onnx names fused nodes "LSTM__41", but the
-    node's input keeps the TensorFlow scope ("model/encoder_lstm/PartitionedCall/transpose:0")."""
-    if not _GENERATED_NAME.fullmatch(node.name):
-        return None
-    for tensor in node.input:
-        parts = tensor.split(":")[0].split("/")
-        cut = next((k for k, part in enumerate(parts) if part in _TF_INTERNAL or part.startswith("while")), None)
-        if cut is not None and cut > 0:
-            scope = parts[1:cut] if cut > 1 else parts[:cut]  # without the model's own name
-            return ".".join(scope)
-    return None
-
-
-def _layer_names(nodes: list[onnx.NodeProto]) -> list[str]:
-    """Readable, unique, stable names: "rnn.l0", "rnn.l1" for torch exports, the Keras layer for
-    tf2onnx exports, else node names."""
-    names, per_module, used = [], {}, set()
-    for node in nodes:
-        path = _module_path(node)
-        torch_like = path is not None or not node.name or node.name.startswith("/")
-        if torch_like:
-            base = path or node.op_type.lower()
-            k = per_module.setdefault(base, 0)
-            per_module[base] = k + 1
-            name = f"{base}.l{k}"
-        else:
-            name = _tf_scope(node) or node.name
-        names.append(fresh_name(used, name))
-    return names

@@ -1,0 +1,113 @@
+"""Expose the gates of cells built from elementary ops: one layer per chain of recognised steps.
+
+`reporter.model.cell_patterns` says which tensors of a graph are which gates, step by step; here
+each gate's step tensors (`[batch, hidden]`) are stacked along time into the exposure contract's
+`[batch, steps, 1, hidden]`. In a `Loop`/`Scan` body a layer has one step per iteration (the
+enclosing loop stacks the iterations, `reporter.model.control_flow`); there the carried states
+also say which tensor is a simple RNN's `h`, and a body that carries state through sigmoid/tanh
+nodes but matches no known cell becomes a "generic" layer: its traces are those nodes' outputs,
+named by node, labelled by no guess.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import onnx
+
+from reporter.layers import GATES
+from reporter.model.cell_patterns import CellMatch, Dataflow, chain_steps, find_cells, rnn_chains
+from reporter.model.graph_builder import GraphBuilder
+from reporter.names import slug
+
+__all__ = ["Found", "decomposed_layers"]
+
+_TRACED = {"Sigmoid", "HardSigmoid", "Tanh"}  # what a generic layer shows
+
+
+@dataclass
+class Found:
+    """A layer found in one graph: its gates as tensors of that graph, [batch, time, directions, hidden]."""
+
+    kind: str
+    directions: int
+    hidden_size: int
+    gates: dict[str, str]
+    node: onnx.NodeProto  # names the layer: the fused node, or the node writing the first step's state
+    activations: dict[str, str]
+    direction: str = "forward"
+    cell: str = "fused"  # fused | decomposed | generic
+    branch: list[str] = field(default_factory=list)  # enclosing control flow, outermost first
+    note: str = ""
+
+
+def decomposed_layers(
+    graph: onnx.GraphProto, carried: list[tuple[str, str]], widths, b: GraphBuilder, notes: list[str]
+) -> list[Found]:
+    """Every decomposed cell of `graph` (not its subgraphs) as a layer; `carried` pairs a body's
+    state inputs with the outputs that update them (empty for a main graph); `widths(tensor)` is a
+    tensor's last dimension when shape inference knows it."""
+    flow = Dataflow(graph)
+    matches = find_cells(graph, flow)
+    used = {name for match in matches for name in match.nodes}
+    chains = chain_steps(flow, matches)
+    if carried:
+        chains += [[step] for step in _carried_rnn_steps(flow, carried, used)]
+    else:
+        chains += rnn_chains(flow, used)
+    found = []
+    for chain in chains:
+        width = widths(chain[0].new) or widths(chain[0].previous)
+        if width is None:
+            notes.append(f"{chain[0].kind} cell at node {chain[0].anchor.name!r}: its hidden size is unknown, skipped")
+            continue
+        gates = {gate: _stacked(b, [step.gates[gate] for step in chain], width) for gate in GATES[chain[0].kind]}
+        found.append(Found(chain[0].kind, 1, width, gates, chain[0].anchor, chain[0].activations, cell="decomposed"))
+    if carried and not chains:
+        found += _generic(flow, widths, b)
+    return found
+
+
+def _carried_rnn_steps(flow: Dataflow, carried: list[tuple[str, str]], used: set[str]) -> list[CellMatch]:
+    """A carried state whose update is act(… itself …), with no gate: one step of a simple RNN."""
+    steps = []
+    for state_in, state_out in carried:
+        act = flow.producer.get(flow.root(state_out))
+        if act is None or act.op_type not in {"Tanh", "Relu"} or act.name in used:
+            continue
+        if flow.depends_on(act.input[0], state_in):
+            steps.append(CellMatch("RNN", {"h": act.output[0]}, state_in, act.output[0], {"h": act.op_type}, act))
+    return steps
+
+
+def _generic(flow: Dataflow, widths, b: GraphBuilder) -> list[Found]:
+    """A recurrent body matching no known cell: its sigmoid/tanh outputs, one layer per width."""
+    by_width = defaultdict(list)
+    for node in flow.graph.node:
+        if node.op_type in _TRACED and widths(node.output[0]):
+            by_width[widths(node.output[0])].append(node)
+    found = []
+    for width, nodes in sorted(by_width.items()):
+        gates, acts, taken = {}, {}, set()
+        for node in nodes:
+            gate = _unique(taken, slug(node.name or node.output[0]))
+            gates[gate] = _stacked(b, [node.output[0]], width)
+            acts[gate] = node.op_type
+        note = f"matches no known cell: traces are its {len(nodes)} sigmoid/tanh outputs, named by node"
+        found.append(Found("generic", 1, width, gates, nodes[0], acts, cell="generic", note=note))
+    return found
+
+
+def _unique(taken: set[str], name: str) -> str:
+    candidate, k = name, 1
+    while candidate in taken:
+        candidate, k = f"{name}_{k}", k + 1
+    taken.add(candidate)
+    return candidate
+
+
+def _stacked(b: GraphBuilder, steps: list[str], width: int) -> str:
+    """Step tensors ([batch, hidden], or any shape holding batch·hidden values) → [batch, steps, 1, hidden]."""
+    parts = [b.op("Reshape", step, b.ints(-1, 1, 1, width)) for step in steps]
+    return parts[0] if len(parts) == 1 else b.op("Concat", *parts, axis=1)
