@@ -168,6 +168,8 @@ def _representation(a: Run, b: Run, pairs, same_windows: bool, notes: list[str])
         return pd.DataFrame(), pd.DataFrame()
     cka_rows, unit_rows = [], []
     for layer, other in pairs:
+        if f"{layer.name}/h" not in a.traces or f"{other.name}/h" not in b.traces:
+            continue  # a generic layer (no h), or one that did not run on the traced windows (an If branch)
         xa = a.traces[f"{layer.name}/h"][pa].astype(np.float64)
         xb = b.traces[f"{other.name}/h"][pb].astype(np.float64)
         flat_a, flat_b = xa.reshape(-1, xa.shape[2] * xa.shape[3]), xb.reshape(-1, xb.shape[2] * xb.shape[3])

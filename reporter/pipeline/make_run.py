@@ -93,7 +93,8 @@ def _reference_features(reference: Run | None, names: list[str]) -> pd.DataFrame
 def _traces(
     replayer: Replayer, source: WindowSource, indices: np.ndarray, reasons: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Full traces of the sampled windows: inputs, every gate (float16) and the model outputs."""
+    """Full traces of the sampled windows: inputs, every gate (float16) and the model outputs. A
+    layer that did not run on them (an `If` branch they did not take) has no trace."""
     windows = source.take(indices)
     outputs = replayer.run_batch(windows, indices)
     traces = {"window": indices, "reason": reasons.astype("U16"), "x": windows}
@@ -115,6 +116,7 @@ def _explanations(replayer: Replayer, traces: dict[str, np.ndarray], typical: di
                 gate: traces[f"{layer.name}/{gate}"][position].astype(np.float32) for gate in gate_order(layer)
             }
             for layer in replayer.layers
+            if f"{layer.name}/{gate_order(layer)[0]}" in traces  # not a layer that did not run (an If branch)
         }
         frames.append(explain_window(window_gates, typical).assign(window=int(traces["window"][position])))
     if not frames:

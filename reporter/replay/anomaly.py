@@ -95,20 +95,33 @@ def _one_gate(trace: np.ndarray, family: str, names: tuple[str, ...], config: St
 
 
 def window_features(
-    gates: dict[str, dict[str, np.ndarray]], layers: list[Layer], config: StatsConfig | None = None
+    gates: dict[str, dict[str, np.ndarray]], layers: list[Layer], config: StatsConfig | None = None, batch: int = 0
 ) -> np.ndarray:
-    """Per window the features of every layer × gate: float32 [B, len(feature_names(layers))]."""
+    """Per window the features of every layer × gate: float32 [B, len(feature_names(layers))]; NaN
+    for a layer missing from `gates` (it did not run: an `If` branch the batch did not take)."""
     config = config or StatsConfig()
+    batch = batch or next(len(trace) for by_gate in gates.values() for trace in by_gate.values())
     columns = []
     for layer in layers:
         for gate in gate_order(layer):  # the operator's order, whatever order the manifest's dict is in
+            names = _gate_features(layer, gate)
+            if layer.name not in gates:
+                columns += [np.full(batch, np.nan, np.float32)] * len(names)
+                continue
             family = gate_family(layer, gate)
-            columns += _one_gate(gates[layer.name][gate], family, _gate_features(layer, gate), config)
+            columns += _one_gate(gates[layer.name][gate], family, names, config)
     return np.stack(columns, axis=1).astype(np.float32)
 
 
 def _robust_scale(reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median and scale per feature: IQR/1.349 (a normal's std), else std, else 1 for constant features."""
+    """Median and scale per feature: IQR/1.349 (a normal's std), else std, else 1 for constant features.
+
+    A feature is NaN for windows where its layer did not run (an `If` branch not taken); it is
+    scaled over the windows that ran it, and standardised to 0 (typical) where it did not run.
+    """
+    missing = np.isnan(reference)
+    if missing.any():
+        reference = np.where(missing, np.nanmedian(np.where(missing.all(axis=0), 0, reference), axis=0), reference)
     median = np.median(reference, axis=0).astype(np.float64)
     q25, q75 = np.percentile(reference, [25, 75], axis=0).astype(np.float64)
     scale = (q75 - q25) / 1.349
@@ -133,6 +146,7 @@ def score_windows(features: pd.DataFrame, reference: pd.DataFrame | None = None,
     def standardise(values: np.ndarray) -> np.ndarray:
         z = values - median  # a new float32 array; the rest happens in place
         z /= scale
+        np.nan_to_num(z, copy=False, nan=0.0)  # a layer that did not run for a window looks typical there
         return np.clip(z, -_Z_CLIP, _Z_CLIP, out=z)
 
     forest = IsolationForest(n_estimators=_TREES, random_state=seed, n_jobs=1)

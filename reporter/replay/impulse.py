@@ -48,20 +48,20 @@ def _curves(
     output_names: Sequence[str],
     step: int,
     steps: int,
+    batch: int,
 ) -> list[tuple[str, str, str, np.ndarray]]:
     """(target, kind, direction, response by lag) for every state and time-indexed output."""
     curves = []
     for layer in layers:
         for gate, kind in _STATE_GATES.items():
             name = layer.outputs.get(gate)
-            if name is None:
+            if name is None or base[name].shape[0] == 0:  # no such state, or the layer did not run (an If branch)
                 continue
             difference = pushed[name] - base[name]  # [B, T, D, H]
             for d, direction in enumerate(_directions(layer)):
                 by_step = _rms_by_step(difference[:, :, d])
                 lags = by_step[step:] if direction == "forward" else by_step[: step + 1][::-1]
                 curves.append((f"{layer.name}/{gate}", kind, direction, lags))
-    batch = base[next(iter(layers[0].outputs.values()))].shape[0]
     for name in output_names:
         if base[name].ndim >= 2 and base[name].shape[:2] == (batch, steps):  # batch-major, with a time axis
             curves.append((f"output:{name}", "output", "forward", _rms_by_step(pushed[name] - base[name])[step:]))
@@ -113,7 +113,9 @@ def impulse_response(
     base = run(windows)
     rows = []
     for label, feature, pushed in _perturbations(windows, step, features, magnitude, vocab, seed):
-        for target, kind, direction, curve in _curves(base, run(pushed), layers, output_names, step, steps):
+        for target, kind, direction, curve in _curves(
+            base, run(pushed), layers, output_names, step, steps, len(windows)
+        ):
             peak = curve.max()
             rows.append(
                 pd.DataFrame(

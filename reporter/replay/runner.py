@@ -201,8 +201,13 @@ class Replayer:
         return run_calls(call, self.feeds, windows, indices, self._gate_outputs)
 
     def gates(self, outputs: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-        """Regroup a batch's graph outputs as {layer name: {gate: [B, T, D, H]}}."""
-        return {layer.name: {gate: outputs[name] for gate, name in layer.outputs.items()} for layer in self.layers}
+        """Regroup a batch's graph outputs as {layer name: {gate: [B, T, D, H]}}, leaving out the layers
+        that did not run: a layer in an `If` branch the batch did not take has traces of batch 0."""
+        return {
+            layer.name: {gate: outputs[name] for gate, name in layer.outputs.items()}
+            for layer in self.layers
+            if all(outputs[name].shape[0] > 0 for name in layer.outputs.values())
+        }
 
     def replay(
         self,
@@ -292,7 +297,7 @@ class Replayer:
         last_steps = {name: _last_step(outputs[name], len(indices)) for name in self.output_names}
         rows.put(
             indices,
-            window_features(gates, self.layers, self.stats_config),
+            window_features(gates, self.layers, self.stats_config, len(indices)),
             {name: last for name, last in last_steps.items() if last is not None},
         )
         return parts

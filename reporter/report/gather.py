@@ -55,7 +55,7 @@ class WindowView:
     rank: int
     flagged: bool
     x: np.ndarray  # the window's input, [T, F] or token ids [T]
-    traces: dict[str, dict[str, np.ndarray]]  # layer -> gate -> [T, D, H], gates in the op's order
+    traces: dict[str, dict[str, np.ndarray]]  # layer -> gate -> [T, D, H], gates in the op's order; ran layers only
     explained: pd.DataFrame  # layer × gate × step: value, typical value, deviation
 
 
@@ -189,6 +189,7 @@ def _windows(run: Run, flags: np.ndarray) -> list[WindowView]:
                 gate: run.traces[f"{layer.name}/{gate}"][position].astype(np.float32) for gate in gate_order(layer)
             }
             for layer in run.layers
+            if f"{layer.name}/{gate_order(layer)[0]}" in run.traces  # not a layer that did not run (an If branch)
         }
         rows = stored[stored["window"] == window]
         explained = rows.drop(columns="window").reset_index(drop=True) if len(rows) else explain_window(traces, typical)

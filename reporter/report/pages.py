@@ -79,11 +79,20 @@ def _run_pages(env: jinja2.Environment, view: RunView, common: dict) -> Iterator
         ]
         yield f"{folder}/w{window.window}.html", page("window.html", window=window, figures=_figures(*figures))
         for layer in view.layers:
-            heatmap = _figures(window_charts.heatmap_chart(layer, window.traces[layer.name]))
+            ran = layer.name in window.traces  # a layer in an If branch this window did not take did not run
+            heatmap = _figures(window_charts.heatmap_chart(layer, window.traces[layer.name])) if ran else []
             units = view.unit_tables[layer.name]
             yield (
                 f"{folder}/{view.layer_page(layer, window.window)}",
-                page("layer.html", layer=layer, gates=view.gates(layer), window=window, units=units, figures=heatmap),
+                page(
+                    "layer.html",
+                    layer=layer,
+                    gates=view.gates(layer),
+                    window=window,
+                    units=units,
+                    figures=heatmap,
+                    ran=ran,
+                ),
             )
 
 
