@@ -8,6 +8,7 @@ import torch
 
 from reporter.bench.expose_cost import (
     BenchRow,
+    CellLoop,
     _export_for_bench,
     capture_gates_torch,
     format_rows,
@@ -31,6 +32,22 @@ def test_torch_baseline_captures_the_same_gates_as_the_exposed_model(kind):
     for k, layer in enumerate(layers):
         for gate, name in layer.outputs.items():
             np.testing.assert_allclose(outputs[name][:, :, 0, :], baseline[f"l{k}.{gate}"].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_the_decomposed_case_exposes_the_gates_its_torch_baseline_captures(kind):
+    """The bench's loop over a torch cell is exported unrolled; its recognised gates are the torch loop's."""
+    torch.manual_seed(4)
+    module = CellLoop(kind, 4, 5).eval()
+    x = torch.randn(3, 6, 4)
+    exposed, layers = expose_gates(_export_for_bench(module, x, dynamic_time=False))
+    assert [(layer.kind, layer.cell) for layer in layers] == [(kind, "decomposed")]
+    sess = session(exposed)
+    outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x.numpy()})))
+    with torch.no_grad():
+        baseline = capture_gates_torch(module.as_layer(), x)
+    for gate, name in layers[0].outputs.items():
+        np.testing.assert_allclose(outputs[name][:, :, 0, :], baseline[f"l0.{gate}"].numpy(), atol=1e-5, err_msg=gate)
 
 
 def test_interleaving_calls_each_contender_once_per_round_after_a_warm_up():
