@@ -23,6 +23,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from reporter.errors import ModelError
 from reporter.layers import GATES
 from reporter.model.expose import expose_gates
 from tests import rnn_reference
@@ -246,16 +247,27 @@ class HandWrittenLSTM(torch.nn.Module):
         self.gates = torch.nn.Linear(HIDDEN + FEATURES, 4 * HIDDEN)
         self.head = torch.nn.Linear(HIDDEN, 2)
 
+    def split(self, packed: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(packed[:, k * HIDDEN : (k + 1) * HIDDEN] for k in range(4))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = c = x.new_zeros(x.shape[0], HIDDEN)
         hs = []
         for t in range(x.shape[1]):
-            i, f, g, o = self.gates(torch.cat([h, x[:, t]], dim=1)).chunk(4, dim=1)
+            i, f, g, o = self.split(self.gates(torch.cat([h, x[:, t]], dim=1)))
             i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
             c = f * c + i * g
             h = o * torch.tanh(c)
             hs.append(h)
         return self.head(torch.stack(hs, dim=1))
+
+
+class ChunkedHandWrittenLSTM(HandWrittenLSTM):
+    """The same cell, its gates split by `chunk`: the legacy exporter computes the slices' bounds
+    from the tensor's shape at run time, so shape inference knows no width in the cell."""
+
+    def split(self, packed: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return packed.chunk(4, dim=1)
 
 
 class TwoLayerRNN(torch.nn.Module):
@@ -307,15 +319,16 @@ def _hand_written_reference(module: HandWrittenLSTM, x: np.ndarray) -> list[dict
     return [torch_cell_reference("LSTM", x, weight[:, HIDDEN:], weight[:, :HIDDEN], bias, np.zeros_like(bias))]
 
 
+def _rnn_step(w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray, b_hh: np.ndarray):
+    return lambda x, h, c: {"h": np.tanh(x @ w_ih.T + b_ih + h @ w_hh.T + b_hh)}
+
+
 def _rnn_layers_reference(module: TwoLayerRNN, x: np.ndarray) -> list[dict[str, np.ndarray]]:
     """Each layer's h, tanh(x W_ih^T + b_ih + h W_hh^T + b_hh), the next layer reading it."""
     layers, inputs = [], x.astype(np.float64)
     for k in range(module.rnn.num_layers):
         weights = _numpy(*(getattr(module.rnn, f"{w}_l{k}") for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
-        w_ih, w_hh, b_ih, b_hh = weights
-        layers.append(
-            _unroll(lambda x_t, h, c: {"h": np.tanh(x_t @ w_ih.T + b_ih + h @ w_hh.T + b_hh)}, inputs, HIDDEN)
-        )
+        layers.append(_unroll(_rnn_step(*weights), inputs, HIDDEN))
         inputs = layers[-1]["h"][:, :, 0]
     return layers
 
@@ -334,13 +347,28 @@ TORCH = {
     "lstm_cell_loop": TorchSpec(LSTMCellLoop, "LSTM", ("cell.l0",), _cell_loop_reference("LSTM")),
     "gru_cell_loop": TorchSpec(GRUCellLoop, "GRU", ("cell.l0",), _cell_loop_reference("GRU")),
     "hand_written_lstm": TorchSpec(HandWrittenLSTM, "LSTM", ("lstm_cell.l0",), _hand_written_reference),
+    "hand_written_lstm_chunk": TorchSpec(ChunkedHandWrittenLSTM, "LSTM", ("lstm_cell.l0",), _hand_written_reference),
     "nn_rnn_2_layers": TorchSpec(TwoLayerRNN, "RNN", ("rnn.l0", "rnn.l1"), _rnn_layers_reference),
 }
+# Known gaps: (module, exporter) -> why exposure fails there today.
+KNOWN_GAPS = {
+    ("hand_written_lstm_chunk", "legacy"): (
+        "the cell is recognised but skipped: 'its hidden size is unknown' (every width is symbolic "
+        "without shape inference's data propagation)"
+    )
+}
 TORCH_PARAMS = [
-    pytest.param(name, exporter, id=f"{name}-{exporter}")
+    pytest.param(
+        name,
+        exporter,
+        id=f"{name}-{exporter}",
+        marks=[pytest.mark.xfail(raises=ModelError, strict=True, reason=KNOWN_GAPS[name, exporter])]
+        if (name, exporter) in KNOWN_GAPS
+        else [],
+    )
     for name in TORCH
     for exporter in EXPORTERS
-    if not (name == "nn_rnn_2_layers" and exporter == "legacy")  # legacy writes fused RNN nodes
+    if not (name == "nn_rnn_2_layers" and exporter == "legacy")  # the legacy exporter writes fused RNN nodes
 ]
 
 
