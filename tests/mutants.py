@@ -124,6 +124,22 @@ MUTATIONS = (
         ("tests/test_expose_torch.py", "-x"),
     ),
     Mutation(
+        "decomposed-gates-swapped",
+        "exact gates (cells from elementary ops)",
+        "reporter/model/cell_patterns.py",
+        '                gates = {"i": i, "f": f, "g": g, "o": o, "c": add.output[0], "h": h}',
+        '                gates = {"i": f, "f": i, "g": g, "o": o, "c": add.output[0], "h": h}',
+        ("tests/test_expose_decomposed.py", "tests/test_bench.py", "-k", "decomposed"),
+    ),
+    Mutation(
+        "loop-steps-misplaced",
+        "exact gates (inside control flow)",
+        "reporter/model/control_flow.py",
+        "    moved = b.transpose(stacked, [1, 0, 2, 3, 4])",
+        "    moved = stacked",
+        ("tests/test_expose_control_flow.py",),
+    ),
+    Mutation(
         "histogram-dropped",
         "statistics merge exactly",
         "reporter/replay/gate_moments.py",

@@ -2,10 +2,12 @@
 
 No fused LSTM/GRU/RNN node is left in these models: tf2onnx writes four Keras layers as a `Loop`
 whose body is MatMul/Split/Sigmoid/Tanh/Mul/Add, and one unrolled (`tests/fixtures/keras`); a torch
-loop over `nn.LSTMCell`, `nn.GRUCell` or a hand-written LSTM cell is unrolled into T copies of the
-cell's ops by both exporters; the dynamo exporter decomposes `nn.RNN`. The recogniser
-(`reporter.model.cell_patterns`) names gates by the role each tensor plays in the state update, so
-a gate it mislabels (i for f, z for r) is still a tensor of the right shape: only its values tell.
+loop over `nn.LSTMCell`, `nn.GRUCell`, a hand-written LSTM cell (sliced, or split by `chunk`) or a
+hand-written GRU whose sigmoid multiplies the candidate (so the exposed z is 1 − that sigmoid) is
+unrolled into T copies of the cell's ops by both exporters; the dynamo exporter decomposes `nn.RNN`.
+The recogniser (`reporter.model.cell_patterns`) names gates by the role each tensor plays in the
+state update, so a gate it mislabels (i for f, z for r) is still a tensor of the right shape: only
+its values tell.
 Every gate here is held to the cell's equations computed in the test from the framework's weights
 (Keras's in numpy, torch's through the ONNX operator's reading, `tests.rnn_reference`), and the
 model's own outputs to the unexposed model and to the framework itself.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +26,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from reporter.errors import ModelError
 from reporter.layers import GATES
 from reporter.model.expose import expose_gates
 from tests import rnn_reference
@@ -137,6 +139,7 @@ def keras_reference(data, kind: str, layer: str) -> dict[str, np.ndarray]:
 class KerasCase:
     data: dict[str, np.ndarray]
     model: onnx.ModelProto
+    exposed: onnx.ModelProto
     layers: list
     outputs: dict[str, np.ndarray]  # the exposed model's, on the fixture's windows
     unexposed: dict[str, np.ndarray]
@@ -153,7 +156,7 @@ def keras():
             model = onnx.load(FIXTURES / f"{name}.onnx")
             exposed, layers = expose_gates(model)
             feeds = {"series": data["series"]}
-            cache[name] = KerasCase(data, model, layers, _run(exposed, feeds), _run(model, feeds))
+            cache[name] = KerasCase(data, model, exposed, layers, _run(exposed, feeds), _run(model, feeds))
         return cache[name]
 
     return get
@@ -192,8 +195,7 @@ def test_every_keras_gate_equals_the_keras_cell_equations(name, kind, layer_name
 @pytest.mark.parametrize("name, kind, layer_name, in_loop", KERAS_PARAMS)
 def test_keras_outputs_stay_keras_and_the_unexposed_models(name, kind, layer_name, in_loop, keras):
     case = keras(name)
-    names = [o.name for o in case.model.graph.output]
-    assert names == ["head"]
+    assert [o.name for o in case.model.graph.output] == ["head"] == [o.name for o in case.exposed.graph.output][:1]
     np.testing.assert_allclose(case.outputs["head"], case.unexposed["head"], rtol=0, atol=ATOL)
     np.testing.assert_allclose(case.outputs["head"], case.data["keras_output"], rtol=0, atol=ATOL)
 
@@ -270,6 +272,30 @@ class ChunkedHandWrittenLSTM(HandWrittenLSTM):
         return packed.chunk(4, dim=1)
 
 
+class HandWrittenGRU(torch.nn.Module):
+    """A GRU cell in the other convention, h' = (1 − u)·h + u·n (Wikipedia's): its sigmoid u
+    multiplies the candidate, so the exposed z, the gate on the carried state, must be 1 − u."""
+
+    def __init__(self):
+        super().__init__()
+        self.x_gates = torch.nn.Linear(FEATURES, 3 * HIDDEN)
+        self.h_gates = torch.nn.Linear(HIDDEN, 3 * HIDDEN)
+        self.head = torch.nn.Linear(HIDDEN, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.new_zeros(x.shape[0], HIDDEN)
+        hs = []
+        for t in range(x.shape[1]):
+            xs, rs = self.x_gates(x[:, t]), self.h_gates(h)
+            xu, xr, xn = (xs[:, k * HIDDEN : (k + 1) * HIDDEN] for k in range(3))
+            hu, hr, hn = (rs[:, k * HIDDEN : (k + 1) * HIDDEN] for k in range(3))
+            u, r = torch.sigmoid(xu + hu), torch.sigmoid(xr + hr)
+            n = torch.tanh(xn + r * hn)
+            h = (1 - u) * h + u * n
+            hs.append(h)
+        return self.head(torch.stack(hs, dim=1))
+
+
 class TwoLayerRNN(torch.nn.Module):
     """`nn.RNN(3, 4, num_layers=2, batch_first=True)`: the dynamo exporter decomposes it."""
 
@@ -319,6 +345,19 @@ def _hand_written_reference(module: HandWrittenLSTM, x: np.ndarray) -> list[dict
     return [torch_cell_reference("LSTM", x, weight[:, HIDDEN:], weight[:, :HIDDEN], bias, np.zeros_like(bias))]
 
 
+def _hand_written_gru_reference(module: HandWrittenGRU, x: np.ndarray) -> list[dict[str, np.ndarray]]:
+    w_x, b_x, w_h, b_h = _numpy(module.x_gates.weight, module.x_gates.bias, module.h_gates.weight, module.h_gates.bias)
+
+    def step(x_t, h, c):
+        xu, xr, xn = np.split(x_t @ w_x.T + b_x, 3, axis=1)
+        hu, hr, hn = np.split(h @ w_h.T + b_h, 3, axis=1)
+        u, r = _sigmoid(xu + hu), _sigmoid(xr + hr)
+        n = np.tanh(xn + r * hn)
+        return {"z": 1 - u, "r": r, "n": n, "h": (1 - u) * h + u * n}
+
+    return [_unroll(step, x.astype(np.float64), HIDDEN)]
+
+
 def _rnn_step(w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray, b_hh: np.ndarray):
     return lambda x, h, c: {"h": np.tanh(x @ w_ih.T + b_ih + h @ w_hh.T + b_hh)}
 
@@ -340,7 +379,7 @@ class TorchSpec:
     build: type[torch.nn.Module]
     kind: str
     names: tuple[str, ...]
-    reference: object  # (module, x [batch, time, features]) -> one {gate: [B, T, 1, H]} per layer
+    reference: Callable  # (module, x [batch, time, features]) -> one {gate: [B, T, 1, H]} per layer
 
 
 TORCH = {
@@ -348,24 +387,11 @@ TORCH = {
     "gru_cell_loop": TorchSpec(GRUCellLoop, "GRU", ("cell.l0",), _cell_loop_reference("GRU")),
     "hand_written_lstm": TorchSpec(HandWrittenLSTM, "LSTM", ("lstm_cell.l0",), _hand_written_reference),
     "hand_written_lstm_chunk": TorchSpec(ChunkedHandWrittenLSTM, "LSTM", ("lstm_cell.l0",), _hand_written_reference),
+    "hand_written_gru": TorchSpec(HandWrittenGRU, "GRU", ("gru_cell.l0",), _hand_written_gru_reference),
     "nn_rnn_2_layers": TorchSpec(TwoLayerRNN, "RNN", ("rnn.l0", "rnn.l1"), _rnn_layers_reference),
 }
-# Known gaps: (module, exporter) -> why exposure fails there today.
-KNOWN_GAPS = {
-    ("hand_written_lstm_chunk", "legacy"): (
-        "the cell is recognised but skipped: 'its hidden size is unknown' (every width is symbolic "
-        "without shape inference's data propagation)"
-    )
-}
 TORCH_PARAMS = [
-    pytest.param(
-        name,
-        exporter,
-        id=f"{name}-{exporter}",
-        marks=[pytest.mark.xfail(raises=ModelError, strict=True, reason=KNOWN_GAPS[name, exporter])]
-        if (name, exporter) in KNOWN_GAPS
-        else [],
-    )
+    pytest.param(name, exporter, id=f"{name}-{exporter}")
     for name in TORCH
     for exporter in EXPORTERS
     if not (name == "nn_rnn_2_layers" and exporter == "legacy")  # the legacy exporter writes fused RNN nodes

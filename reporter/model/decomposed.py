@@ -58,7 +58,8 @@ def decomposed_layers(
         chains += rnn_chains(flow, used)
     found = []
     for chain in chains:
-        width = widths(chain[0].new) or widths(chain[0].previous)
+        known = (widths(t) for step in chain for t in (step.new, step.previous, *step.gates.values()) if t)
+        width = next((w for w in known if w), None)
         if width is None:
             notes.append(f"{chain[0].kind} cell at node {chain[0].anchor.name!r}: its hidden size is unknown, skipped")
             continue

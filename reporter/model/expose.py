@@ -196,7 +196,7 @@ def _all_names(graph: onnx.GraphProto) -> set[str]:
 def _known_types(model: onnx.ModelProto) -> dict[str, tuple[int | None, list | None]]:
     """Element type and dims (ints, or None where symbolic) of every tensor shape inference knows."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)  # sizes computed from Shape (chunk)
     except Exception:  # noqa: BLE001 - inference is a nicety here: unknown shapes are handled downstream
         inferred = model
     known = {}
