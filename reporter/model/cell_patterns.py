@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-__all__ = ["CellMatch", "Dataflow", "chain_steps", "find_cells", "rnn_chains"]
+__all__ = ["CellMatch", "Dataflow", "chain_steps", "find_cells", "rnn_chains", "time_order"]
 
 _VIEWS = {"Identity", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Transpose", "Cast"}
 _SAME_VALUE = {"Identity", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Cast"}  # a tensor under another shape
@@ -338,3 +338,65 @@ def _rnn_step(flow: Dataflow, node: onnx.NodeProto, previous: onnx.NodeProto | N
     new = node.output[0]
     before = previous.output[0] if previous is not None else ""
     return CellMatch("RNN", {"h": new}, before, new, {"h": node.op_type}, node, {node.name})
+
+
+def time_order(flow: Dataflow, chain: list[CellMatch]) -> int:
+    """+1 when a chain's steps read their input forward in time, −1 backward, 0 when it cannot tell.
+
+    Each step reads its own slice of one input tensor (`x[:, t]`, a Split's t-th output, a Slice
+    at t); the order of those positions along the chain is the order in time, reversed once more
+    when the sliced tensor is itself the input flipped in time (how a backward pass is unrolled).
+    """
+    if len(chain) < 2:
+        return 1
+    reads = [_reads(flow, step) for step in chain]
+    for source in set(reads[0]).intersection(*reads[1:]):
+        positions = [read[source] for read in reads]
+        if all(a < b for a, b in zip(positions, positions[1:])):
+            order = 1
+        elif all(a > b for a, b in zip(positions, positions[1:])):
+            order = -1
+        else:
+            continue
+        return -order if _flipped(flow, source) else order
+    return 0
+
+
+def _reads(flow: Dataflow, step: CellMatch) -> dict[str, int]:
+    """The slices a step reads: sliced tensor -> position, first selection on each path from its gates."""
+    found, seen = {}, set()
+    todo = [(flow.activation(gate).input[0], 0) for gate in step.gates.values() if flow.activation(gate) is not None]
+    while todo:
+        current, depth = todo.pop()
+        node = flow.producer.get(current)
+        if node is None or current in seen or depth > _SEARCH_DEPTH or node.op_type not in _LINEAR:
+            continue
+        seen.add(current)
+        position = _selected(flow, node, current)
+        if position is not None:
+            found.setdefault(node.input[0], position)
+            continue
+        todo.extend((i, depth + 1) for i in node.input if i)
+    return found
+
+
+def _selected(flow: Dataflow, node: onnx.NodeProto, output: str) -> int | None:
+    """The position a Gather, Slice or Split output takes from its input, when constant."""
+    if node.op_type == "Split":
+        return list(node.output).index(output)
+    if node.op_type in ("Gather", "Slice") and len(node.input) > 1 and node.input[1] in flow.constants:
+        values = numpy_helper.to_array(flow.constants[node.input[1]]).ravel()
+        return int(values[0]) if values.size == 1 and values[0] >= 0 else None
+    return None
+
+
+def _flipped(flow: Dataflow, name: str) -> bool:
+    """Whether a tensor is its input reversed along an axis (Slice with step −1, ReverseSequence)."""
+    node = flow.producer.get(flow.root(name))
+    if node is None:
+        return False
+    if node.op_type == "ReverseSequence":
+        return True
+    if node.op_type == "Slice" and len(node.input) > 4 and node.input[4] in flow.constants:
+        return bool(np.all(numpy_helper.to_array(flow.constants[node.input[4]]) < 0))
+    return False

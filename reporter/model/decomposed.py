@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import onnx
 
 from reporter.layers import GATES
-from reporter.model.cell_patterns import CellMatch, Dataflow, chain_steps, find_cells, rnn_chains
+from reporter.model.cell_patterns import CellMatch, Dataflow, chain_steps, find_cells, rnn_chains, time_order
 from reporter.model.graph_builder import GraphBuilder
+from reporter.model.layer_names import module_path
 from reporter.names import slug
 
 __all__ = ["Found", "decomposed_layers"]
@@ -63,11 +64,44 @@ def decomposed_layers(
         if width is None:
             notes.append(f"{chain[0].kind} cell at node {chain[0].anchor.name!r}: its hidden size is unknown, skipped")
             continue
-        gates = {gate: _stacked(b, [step.gates[gate] for step in chain], width) for gate in GATES[chain[0].kind]}
-        found.append(Found(chain[0].kind, 1, width, gates, chain[0].anchor, chain[0].activations, cell="decomposed"))
+        order = time_order(flow, chain)
+        steps = chain[::-1] if order < 0 else chain  # stacked in input time
+        gates = {gate: _stacked(b, [step.gates[gate] for step in steps], width) for gate in GATES[chain[0].kind]}
+        note = "" if order else "steps in the order the cell ran them: which input step each read was not found"
+        direction = "reverse" if order < 0 else "forward"
+        layer = Found(chain[0].kind, 1, width, gates, chain[0].anchor, chain[0].activations, direction, "decomposed")
+        layer.note = note
+        found.append(layer)
+    found = _paired_directions(found, b)
     if carried and not chains:
         found += _generic(flow, widths, b)
     return found
+
+
+def _paired_directions(found: list[Found], b: GraphBuilder) -> list[Found]:
+    """A forward layer followed by a reverse one of the same module, kind and size is one
+    bidirectional layer (how exporters unroll a bidirectional RNN): gates [batch, time, 2, hidden]."""
+    merged, k = [], 0
+    while k < len(found):
+        first, second = found[k], found[k + 1] if k + 1 < len(found) else None
+        if (
+            second is not None
+            and (first.direction, second.direction) == ("forward", "reverse")
+            and (first.kind, first.hidden_size, first.cell) == (second.kind, second.hidden_size, second.cell)
+            and module_path(first.node) is not None
+            and module_path(first.node) == module_path(second.node)
+        ):
+            gates = {gate: b.op("Concat", first.gates[gate], second.gates[gate], axis=2) for gate in first.gates}
+            merged.append(
+                Found(
+                    first.kind, 2, first.hidden_size, gates, first.node, first.activations, "bidirectional", first.cell
+                )
+            )
+            k += 2
+        else:
+            merged.append(first)
+            k += 1
+    return merged
 
 
 def _carried_rnn_steps(flow: Dataflow, carried: list[tuple[str, str]], used: set[str]) -> list[CellMatch]:

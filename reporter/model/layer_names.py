@@ -15,13 +15,13 @@ import onnx
 
 from reporter.model.graph_builder import fresh_name
 
-__all__ = ["LayerNamer"]
+__all__ = ["LayerNamer", "module_path"]
 
 _GENERATED_NAME = re.compile(r"(LSTM|GRU|RNN)__\d+")  # tf2onnx's names for the nodes it fuses
 _TF_INTERNAL = {"PartitionedCall", "StatefulPartitionedCall"}  # TensorFlow's own scopes inside a Keras layer
 
 
-def _module_path(node: onnx.NodeProto) -> str | None:
+def module_path(node: onnx.NodeProto) -> str | None:
     """The torch module path a node came from (dynamo name scopes or legacy '/a/b/LSTM'), if any."""
     meta = {p.key: p.value for p in node.metadata_props}
     if "pkg.torch.onnx.name_scopes" in meta:
@@ -61,7 +61,7 @@ class LayerNamer:
 
     def name(self, node: onnx.NodeProto, kind: str, fused: bool) -> str:
         """A fused node's layer name, or (`fused` False) that of a cell whose first step `node` writes."""
-        path = _module_path(node)
+        path = module_path(node)
         if fused and not (path is not None or not node.name or node.name.startswith("/")):
             scope = _tf_scope(node.input) if _GENERATED_NAME.fullmatch(node.name) else None
             return fresh_name(self.used, scope or node.name)
