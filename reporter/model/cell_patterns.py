@@ -29,14 +29,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-__all__ = ["CellMatch", "Dataflow", "chain_steps", "find_cells", "rnn_chains", "time_order"]
+__all__ = ["LINEAR_OPS", "SEARCH_DEPTH", "CellMatch", "Dataflow", "chain_steps", "find_cells", "rnn_chains"]
 
 _VIEWS = {"Identity", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Transpose", "Cast"}
 _SAME_VALUE = {"Identity", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Cast"}  # a tensor under another shape
 _GATE_ACTS = {"Sigmoid", "HardSigmoid"}
 _CANDIDATE_ACTS = {"Tanh", "Relu", "Softsign", "Elu", "Selu", "LeakyRelu", "Softplus"}
-_LINEAR = {"Add", "Sub", "Mul", "MatMul", "Gemm", "Concat", "Neg", *_VIEWS}  # between an activation and its inputs
-_SEARCH_DEPTH = 12
+LINEAR_OPS = {"Add", "Sub", "Mul", "MatMul", "Gemm", "Concat", "Neg", *_VIEWS}  # between an activation and its inputs
+SEARCH_DEPTH = 12
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Dataflow:
 
     def activation(self, name: str) -> onnx.NodeProto | None:
         """The activation node a tensor is a view of (Sigmoid → Split → Squeeze → here), if any."""
-        for _ in range(_SEARCH_DEPTH):
+        for _ in range(SEARCH_DEPTH):
             node = self.producer.get(name)
             if node is None:
                 return None
@@ -96,7 +96,7 @@ class Dataflow:
 
     def root(self, name: str) -> str:
         """The tensor `name` holds the values of, under any reshaping or identity."""
-        for _ in range(_SEARCH_DEPTH):
+        for _ in range(SEARCH_DEPTH):
             node = self.producer.get(name)
             if node is None or node.op_type not in _SAME_VALUE:
                 return name
@@ -125,7 +125,7 @@ class Dataflow:
             if self.root(current) == source:
                 return True
             node = self.producer.get(current)
-            if node is None or current in seen or depth > _SEARCH_DEPTH or node.op_type not in _LINEAR:
+            if node is None or current in seen or depth > SEARCH_DEPTH or node.op_type not in LINEAR_OPS:
                 continue
             seen.add(current)
             todo.extend((i, depth + 1) for i in node.input if i)
@@ -241,7 +241,7 @@ def _reset_gate(flow: Dataflow, n: str, h: str, z: str) -> str | None:
     while todo:
         current, depth = todo.pop()
         node = flow.producer.get(current)
-        if node is None or current in seen or depth > _SEARCH_DEPTH or node.op_type not in _LINEAR:
+        if node is None or current in seen or depth > SEARCH_DEPTH or node.op_type not in LINEAR_OPS:
             continue
         seen.add(current)
         for gate, other in _gate_operands(flow, current):
@@ -323,7 +323,7 @@ def _weighted_sources(flow: Dataflow, name: str, acts: dict[str, onnx.NodeProto]
             found.append((acts[current], weight))
             continue
         node = flow.producer.get(current)
-        if node is None or (current, weight) in seen or depth > _SEARCH_DEPTH or node.op_type not in _LINEAR:
+        if node is None or (current, weight) in seen or depth > SEARCH_DEPTH or node.op_type not in LINEAR_OPS:
             continue
         seen.add((current, weight))
         if node.op_type in ("MatMul", "Gemm") and weight is None:
@@ -338,65 +338,3 @@ def _rnn_step(flow: Dataflow, node: onnx.NodeProto, previous: onnx.NodeProto | N
     new = node.output[0]
     before = previous.output[0] if previous is not None else ""
     return CellMatch("RNN", {"h": new}, before, new, {"h": node.op_type}, node, {node.name})
-
-
-def time_order(flow: Dataflow, chain: list[CellMatch]) -> int:
-    """+1 when a chain's steps read their input forward in time, −1 backward, 0 when it cannot tell.
-
-    Each step reads its own slice of one input tensor (`x[:, t]`, a Split's t-th output, a Slice
-    at t); the order of those positions along the chain is the order in time, reversed once more
-    when the sliced tensor is itself the input flipped in time (how a backward pass is unrolled).
-    """
-    if len(chain) < 2:
-        return 1
-    reads = [_reads(flow, step) for step in chain]
-    for source in set(reads[0]).intersection(*reads[1:]):
-        positions = [read[source] for read in reads]
-        if all(a < b for a, b in zip(positions, positions[1:])):
-            order = 1
-        elif all(a > b for a, b in zip(positions, positions[1:])):
-            order = -1
-        else:
-            continue
-        return -order if _flipped(flow, source) else order
-    return 0
-
-
-def _reads(flow: Dataflow, step: CellMatch) -> dict[str, int]:
-    """The slices a step reads: sliced tensor -> position, first selection on each path from its gates."""
-    found, seen = {}, set()
-    todo = [(flow.activation(gate).input[0], 0) for gate in step.gates.values() if flow.activation(gate) is not None]
-    while todo:
-        current, depth = todo.pop()
-        node = flow.producer.get(current)
-        if node is None or current in seen or depth > _SEARCH_DEPTH or node.op_type not in _LINEAR:
-            continue
-        seen.add(current)
-        position = _selected(flow, node, current)
-        if position is not None:
-            found.setdefault(node.input[0], position)
-            continue
-        todo.extend((i, depth + 1) for i in node.input if i)
-    return found
-
-
-def _selected(flow: Dataflow, node: onnx.NodeProto, output: str) -> int | None:
-    """The position a Gather, Slice or Split output takes from its input, when constant."""
-    if node.op_type == "Split":
-        return list(node.output).index(output)
-    if node.op_type in ("Gather", "Slice") and len(node.input) > 1 and node.input[1] in flow.constants:
-        values = numpy_helper.to_array(flow.constants[node.input[1]]).ravel()
-        return int(values[0]) if values.size == 1 and values[0] >= 0 else None
-    return None
-
-
-def _flipped(flow: Dataflow, name: str) -> bool:
-    """Whether a tensor is its input reversed along an axis (Slice with step −1, ReverseSequence)."""
-    node = flow.producer.get(flow.root(name))
-    if node is None:
-        return False
-    if node.op_type == "ReverseSequence":
-        return True
-    if node.op_type == "Slice" and len(node.input) > 4 and node.input[4] in flow.constants:
-        return bool(np.all(numpy_helper.to_array(flow.constants[node.input[4]]) < 0))
-    return False

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import onnx
 
 from reporter.layers import GATES
-from reporter.model.cell_patterns import CellMatch, Dataflow, chain_steps, find_cells, rnn_chains, time_order
+from reporter.model.cell_patterns import CellMatch, Dataflow, chain_steps, find_cells, rnn_chains
 from reporter.model.graph_builder import GraphBuilder
 from reporter.model.layer_names import module_path
+from reporter.model.step_order import time_order
 from reporter.names import slug
 
 __all__ = ["Found", "decomposed_layers"]

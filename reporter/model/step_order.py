@@ -1,0 +1,80 @@
+"""The time order of an unrolled cell's steps: which step of the input each one reads.
+
+Steps linked by their carried state (`reporter.model.cell_patterns.chain_steps`) are in the
+order the cell ran them. A backward pass runs from the last input step to the first, so its
+steps are put in input time by what they read: each step reads its own slice of one input
+tensor (`x[:, t]`, a Split's t-th output, a Slice at t), and that tensor may itself be the input
+flipped in time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from reporter.model.cell_patterns import LINEAR_OPS, SEARCH_DEPTH, CellMatch, Dataflow
+
+__all__ = ["time_order"]
+
+
+def time_order(flow: Dataflow, chain: list[CellMatch]) -> int:
+    """+1 when a chain's steps read their input forward in time, −1 backward, 0 when it cannot tell.
+
+    Each step reads its own slice of one input tensor (`x[:, t]`, a Split's t-th output, a Slice
+    at t); the order of those positions along the chain is the order in time, reversed once more
+    when the sliced tensor is itself the input flipped in time (how a backward pass is unrolled).
+    """
+    if len(chain) < 2:
+        return 1
+    reads = [_reads(flow, step) for step in chain]
+    for source in set(reads[0]).intersection(*reads[1:]):
+        positions = [read[source] for read in reads]
+        if all(a < b for a, b in zip(positions, positions[1:])):
+            order = 1
+        elif all(a > b for a, b in zip(positions, positions[1:])):
+            order = -1
+        else:
+            continue
+        return -order if _flipped(flow, source) else order
+    return 0
+
+
+def _reads(flow: Dataflow, step: CellMatch) -> dict[str, int]:
+    """The slices a step reads: sliced tensor -> position, first selection on each path from its gates."""
+    found, seen = {}, set()
+    todo = [(flow.activation(gate).input[0], 0) for gate in step.gates.values() if flow.activation(gate) is not None]
+    while todo:
+        current, depth = todo.pop()
+        node = flow.producer.get(current)
+        if node is None or current in seen or depth > SEARCH_DEPTH or node.op_type not in LINEAR_OPS:
+            continue
+        seen.add(current)
+        position = _selected(flow, node, current)
+        if position is not None:
+            found.setdefault(node.input[0], position)
+            continue
+        todo.extend((i, depth + 1) for i in node.input if i)
+    return found
+
+
+def _selected(flow: Dataflow, node: onnx.NodeProto, output: str) -> int | None:
+    """The position a Gather, Slice or Split output takes from its input, when constant."""
+    if node.op_type == "Split":
+        return list(node.output).index(output)
+    if node.op_type in ("Gather", "Slice") and len(node.input) > 1 and node.input[1] in flow.constants:
+        values = numpy_helper.to_array(flow.constants[node.input[1]]).ravel()
+        return int(values[0]) if values.size == 1 and values[0] >= 0 else None
+    return None
+
+
+def _flipped(flow: Dataflow, name: str) -> bool:
+    """Whether a tensor is its input reversed along an axis (Slice with step −1, ReverseSequence)."""
+    node = flow.producer.get(flow.root(name))
+    if node is None:
+        return False
+    if node.op_type == "ReverseSequence":
+        return True
+    if node.op_type == "Slice" and len(node.input) > 4 and node.input[4] in flow.constants:
+        return bool(np.all(numpy_helper.to_array(flow.constants[node.input[4]]) < 0))
+    return False
