@@ -127,8 +127,8 @@ MUTATIONS = (
         "decomposed-gates-swapped",
         "exact gates (cells from elementary ops)",
         "reporter/model/cell_patterns.py",
-        '                gates = {"i": i, "f": f, "g": g, "o": o, "c": add.output[0], "h": h}',
-        '                gates = {"i": f, "f": i, "g": g, "o": o, "c": add.output[0], "h": h}',
+        '                gates = dict(zip(GATES["LSTM"], (i, f, g, o, add.output[0], h)))',
+        '                gates = dict(zip(GATES["LSTM"], (f, i, g, o, add.output[0], h)))',
         ("tests/test_expose_decomposed.py", "tests/test_bench.py", "-k", "decomposed"),
     ),
     Mutation(

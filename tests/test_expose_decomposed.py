@@ -474,3 +474,77 @@ def test_unrolled_torch_outputs_stay_torch_and_the_unexposed_models(name, export
         from_torch = case.module(torch.from_numpy(case.x)).numpy()
     np.testing.assert_allclose(case.outputs[names[0]], unexposed[names[0]], rtol=0, atol=ATOL)
     np.testing.assert_allclose(case.outputs[names[0]], from_torch, rtol=0, atol=ATOL)
+
+
+def _packed_loop_model(rng: np.random.Generator):
+    """A Loop body whose i, f and o are one Sigmoid over a packed [B, 3H] tensor, split afterwards."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    features, hidden, batch = 3, HIDDEN, BATCH
+    weights = {
+        "W": rng.standard_normal((features, 4 * hidden)).astype(np.float32),
+        "U": rng.standard_normal((hidden, 4 * hidden)).astype(np.float32),
+    }
+
+    def value(name, dims=None, elem=TensorProto.FLOAT):
+        return helper.make_tensor_value_info(name, elem, dims)
+
+    nodes = [
+        helper.make_node("Gather", ["X", "iteration"], ["x_t"], axis=0),
+        helper.make_node("MatMul", ["x_t", "W"], ["xw"]),
+        helper.make_node("MatMul", ["h_in", "U"], ["hu"]),
+        helper.make_node("Add", ["xw", "hu"], ["packed"]),
+        helper.make_node("Split", ["packed", "sizes"], ["sigmoid_part", "g_pre"], axis=1),
+        helper.make_node("Sigmoid", ["sigmoid_part"], ["gates"]),
+        helper.make_node("Split", ["gates"], ["i", "f", "o"], axis=1, num_outputs=3),
+        helper.make_node("Tanh", ["g_pre"], ["g"]),
+        helper.make_node("Mul", ["f", "c_in"], ["kept"]),
+        helper.make_node("Mul", ["i", "g"], ["written"]),
+        helper.make_node("Add", ["kept", "written"], ["c_out"]),
+        helper.make_node("Tanh", ["c_out"], ["c_act"]),
+        helper.make_node("Mul", ["o", "c_act"], ["h_out"]),
+        helper.make_node("Identity", ["h_out"], ["h_step"]),
+        helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+    ]
+    inits = [numpy_helper.from_array(v, k) for k, v in weights.items()]
+    inits.append(numpy_helper.from_array(np.array([3 * hidden, hidden], np.int64), "sizes"))
+    state = [batch, hidden]
+    body = helper.make_graph(
+        nodes,
+        "body",
+        [
+            value("iteration", [], TensorProto.INT64),
+            value("cond_in", [], TensorProto.BOOL),
+            value("h_in", state),
+            value("c_in", state),
+        ],
+        [value("cond_out", [], TensorProto.BOOL), value("h_out", state), value("c_out", state), value("h_step", state)],
+        inits,
+    )
+    loop = helper.make_node("Loop", ["steps", "", "h0", "c0"], ["h_last", "c_last", "H"], name="packed", body=body)
+    zeros = numpy_helper.from_array(np.zeros(state, np.float32), "h0")
+    outer = [zeros, numpy_helper.from_array(np.zeros(state, np.float32), "c0")]
+    outer.append(numpy_helper.from_array(np.array(STEPS, np.int64), "steps"))
+    graph = helper.make_graph([loop], "g", [value("X", [STEPS, batch, features])], [value("H")], outer)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), weights
+
+
+def test_gates_packed_in_one_sigmoid_and_split_afterwards_are_told_apart_by_their_roles():
+    rng = np.random.default_rng(11)
+    model, weights = _packed_loop_model(rng)
+    exposed, layers = expose_gates(model)
+    assert [(layer.kind, layer.cell, layer.hidden_size) for layer in layers] == [("LSTM", "decomposed", HIDDEN)]
+    x = rng.standard_normal((STEPS, BATCH, 3)).astype(np.float32)
+    got = _run(exposed, {"X": x})
+    h, c, want = np.zeros((BATCH, HIDDEN)), np.zeros((BATCH, HIDDEN)), {gate: [] for gate in GATES["LSTM"]}
+    for t in range(STEPS):
+        packed = x[t] @ weights["W"] + h @ weights["U"]
+        i, f, o = np.split(_sigmoid(packed[:, : 3 * HIDDEN]), 3, axis=1)
+        g = np.tanh(packed[:, 3 * HIDDEN :])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        for gate, value in zip(GATES["LSTM"], (i, f, g, o, c, h)):
+            want[gate].append(value)
+    np.testing.assert_allclose(got["H"], np.stack(want["h"]), rtol=0, atol=ATOL)
+    for gate, name in layers[0].outputs.items():
+        np.testing.assert_allclose(got[name][:, :, 0], np.stack(want[gate], 1), rtol=0, atol=ATOL, err_msg=gate)

@@ -72,7 +72,8 @@ def run_export(args: argparse.Namespace) -> int:
     write_text_atomic(manifest_path, layers_to_json(source.layers))
     for layer in source.layers:
         gates = " ".join(layer.outputs)
-        print(f"{layer.name}: {layer.kind}, {layer.direction}, hidden {layer.hidden_size}, gates {gates}")
+        found = layer.cell + (f" in {layer.branch}" if layer.branch else "") + (f"; {layer.note}" if layer.note else "")
+        print(f"{layer.name}: {layer.kind}, {layer.direction}, hidden {layer.hidden_size}, gates {gates} ({found})")
     parity = "n/a (ONNX input)" if source.parity_max_abs is None else f"{source.parity_max_abs:.2e}"
     print(f"wrote {out} and {manifest_path} ({len(source.layers)} layers; export parity max |Δ| {parity})")
     return 0

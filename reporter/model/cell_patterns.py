@@ -29,6 +29,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from reporter.layers import GATES, gate_activations
+
 __all__ = ["LINEAR_OPS", "SEARCH_DEPTH", "CellMatch", "Dataflow", "chain_steps", "find_cells", "rnn_chains"]
 
 _VIEWS = {"Identity", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Transpose", "Cast"}
@@ -161,8 +163,8 @@ def _lstm_at(flow: Dataflow, add: onnx.NodeProto) -> CellMatch | None:
                 if readout is None:
                     continue
                 h, o, act_c = readout
-                gates = {"i": i, "f": f, "g": g, "o": o, "c": add.output[0], "h": h}
-                acts = {**{k: _act(flow, gates[k]) for k in "ifgo"}, "c": "linear", "h": act_c.op_type}
+                gates = dict(zip(GATES["LSTM"], (i, f, g, o, add.output[0], h)))
+                acts = gate_activations("LSTM", (_act(flow, i), _act(flow, g), act_c.op_type))
                 nodes = {flow.activation(gates[k]).name for k in "ifgo"} | {act_c.name}
                 return CellMatch("LSTM", gates, c, add.output[0], acts, add, nodes)
     return None
@@ -193,9 +195,9 @@ def _gru_at(flow: Dataflow, add: onnx.NodeProto) -> CellMatch | None:
     r = _reset_gate(flow, n, h, z)
     if r is None:
         return None
-    gates = {"z": z, "r": r, "n": n, "h": add.output[0]}
+    gates = dict(zip(GATES["GRU"], (z, r, n, add.output[0])))
     z_act = _act(flow, z) if flow.is_gate(z) else "Sigmoid"  # 1 − σ is in [0, 1] too
-    acts = {"z": z_act, "r": _act(flow, r), "n": _act(flow, n), "h": _act(flow, n)}
+    acts = gate_activations("GRU", (z_act, _act(flow, n)))
     nodes = {flow.activation(t).name for t in (r, n)} | ({flow.activation(z).name} if flow.is_gate(z) else set())
     return CellMatch("GRU", gates, h, add.output[0], acts, add, nodes)
 
@@ -337,4 +339,5 @@ def _weighted_sources(flow: Dataflow, name: str, acts: dict[str, onnx.NodeProto]
 def _rnn_step(flow: Dataflow, node: onnx.NodeProto, previous: onnx.NodeProto | None) -> CellMatch:
     new = node.output[0]
     before = previous.output[0] if previous is not None else ""
-    return CellMatch("RNN", {"h": new}, before, new, {"h": node.op_type}, node, {node.name})
+    gates = dict(zip(GATES["RNN"], (new,)))
+    return CellMatch("RNN", gates, before, new, gate_activations("RNN", (node.op_type,)), node, {node.name})

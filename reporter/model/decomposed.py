@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from reporter.layers import GATES
+from reporter.layers import GATES, gate_activations
 from reporter.model.cell_patterns import CellMatch, Dataflow, chain_steps, find_cells, rnn_chains
 from reporter.model.graph_builder import GraphBuilder
 from reporter.model.layer_names import module_path
@@ -113,7 +113,8 @@ def _carried_rnn_steps(flow: Dataflow, carried: list[tuple[str, str]], used: set
         if act is None or act.op_type not in {"Tanh", "Relu"} or act.name in used:
             continue
         if flow.depends_on(act.input[0], state_in):
-            steps.append(CellMatch("RNN", {"h": act.output[0]}, state_in, act.output[0], {"h": act.op_type}, act))
+            gates, acts = dict(zip(GATES["RNN"], (act.output[0],))), gate_activations("RNN", (act.op_type,))
+            steps.append(CellMatch("RNN", gates, state_in, act.output[0], acts, act))
     return steps
 
 
