@@ -105,7 +105,8 @@ def test_the_pages_say_which_branch_ran(two_rate_model, tmp_path):
     window = int(run.traces["window"][0])
     pages = {path.name: path.read_text() for path in (tmp_path / "site").rglob("*.html")}
     run_page = next(text for name, text in pages.items() if name == "index.html" and "Model card" in text)
-    assert "fused in If &#39;by_rate&#39; then_branch" in run_page
+    assert "fused in If &#39;by_rate&#39; then_branch; <b>ran on no window</b>" in run_page
+    assert "fused in If &#39;by_rate&#39; else_branch</td>" in run_page  # the branch every window took
     layer_pages = {layer.name: pages[f"{layer.name}-w{window}.html"] for layer in run.layers}
     assert "did not run on window" in layer_pages[lstm.name] and "data-chart" not in layer_pages[lstm.name]
     assert "did not run" not in layer_pages[gru.name] and "data-chart" in layer_pages[gru.name]

@@ -9,6 +9,7 @@ half-lives, and every diff against a configured baseline with its verdicts.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +87,12 @@ class RunView:
     @property
     def units(self) -> int:
         return sum(layer.hidden_size * layer.directions for layer in self.layers)
+
+    @functools.cached_property
+    def idle(self) -> set[str]:
+        """Layers that ran on no window: each sits in an `If` branch that no window took."""
+        counts = self.run.gate_stats.groupby("layer")["count"].sum()
+        return {layer.name for layer in self.layers if counts.get(layer.name, 0) == 0}
 
     @property
     def diff_page(self) -> str | None:
