@@ -75,9 +75,7 @@ def run_export(args: argparse.Namespace) -> int:
         found = layer.cell + (f" in {layer.branch}" if layer.branch else "") + (f"; {layer.note}" if layer.note else "")
         print(f"{layer.name}: {layer.kind}, {layer.direction}, hidden {layer.hidden_size}, gates {gates} ({found})")
     parity = "n/a (ONNX input)" if source.parity_max_abs is None else f"{source.parity_max_abs:.2e}"
-    print(
-        f"wrote {out} and {manifest_path} ({len(source.layers)} layer{'s' if len(source.layers) != 1 else ''}; export parity max |Δ| {parity})"
-    )
+    print(f"wrote {out} and {manifest_path} ({_count(len(source.layers), 'layer')}; export parity max |Δ| {parity})")
     return 0
 
 
@@ -166,7 +164,7 @@ def run_replay(args: argparse.Namespace) -> int:
     run.save(args.output)
     count = int(flagged(run.window_scores["anomaly_score"].to_numpy()).sum())
     print(
-        f"wrote {args.output} ({run.meta['n_windows']} windows, {len(run.layers)} layer{'s' if len(run.layers) != 1 else ''}, "
+        f"wrote {args.output} ({run.meta['n_windows']} windows, {_count(len(run.layers), 'layer')}, "
         f"{run.timings['windows_per_second']:.0f} windows/s on {run.meta['provider']}; {count} windows flagged "
         f"anomalous, ranked in window_scores.parquet)"
     )
@@ -263,3 +261,8 @@ def run_serve(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("stopped", file=sys.stderr)
     return 0
+
+
+def _count(number: int, noun: str) -> str:
+    """ "1 layer", "2 layers"."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
