@@ -264,5 +264,5 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _count(number: int, noun: str) -> str:
-    """ "1 layer", "2 layers"."""
+    """Count a noun for a reader: "1 layer", "2 layers"."""
     return f"{number} {noun}{'' if number == 1 else 's'}"
