@@ -31,14 +31,14 @@ from onnx import numpy_helper
 
 from reporter.layers import GATES, gate_activations
 
-__all__ = ["LINEAR_OPS", "SEARCH_DEPTH", "CellMatch", "Dataflow", "chain_steps", "find_cells", "rnn_chains"]
+__all__ = ["CellMatch", "Dataflow", "chain_steps", "find_cells", "rnn_chains"]
 
 _VIEWS = {"Identity", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Transpose", "Cast"}
 _SAME_VALUE = {"Identity", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Cast"}  # a tensor under another shape
 _GATE_ACTS = {"Sigmoid", "HardSigmoid"}
 _CANDIDATE_ACTS = {"Tanh", "Relu", "Softsign", "Elu", "Selu", "LeakyRelu", "Softplus"}
-LINEAR_OPS = {"Add", "Sub", "Mul", "MatMul", "Gemm", "Concat", "Neg", *_VIEWS}  # between an activation and its inputs
-SEARCH_DEPTH = 12
+_LINEAR = {"Add", "Sub", "Mul", "MatMul", "Gemm", "Concat", "Neg", *_VIEWS}  # between an activation and its inputs
+_SEARCH_DEPTH = 12
 
 
 @dataclass
@@ -77,7 +77,7 @@ class Dataflow:
 
     def activation(self, name: str) -> onnx.NodeProto | None:
         """The activation node a tensor is a view of (Sigmoid → Split → Squeeze → here), if any."""
-        for _ in range(SEARCH_DEPTH):
+        for _ in range(_SEARCH_DEPTH):
             node = self.producer.get(name)
             if node is None:
                 return None
@@ -98,7 +98,7 @@ class Dataflow:
 
     def root(self, name: str) -> str:
         """The tensor `name` holds the values of, under any reshaping or identity."""
-        for _ in range(SEARCH_DEPTH):
+        for _ in range(_SEARCH_DEPTH):
             node = self.producer.get(name)
             if node is None or node.op_type not in _SAME_VALUE:
                 return name
@@ -119,19 +119,26 @@ class Dataflow:
                     todo.append(node.output[0])
         return found
 
-    def depends_on(self, name: str, source: str) -> bool:
-        """Whether `name` is computed from `source` through linear ops (no activation between)."""
-        source, seen, todo = self.root(source), set(), [(name, 0)]
+    def walk_back(self, starts, stop=lambda name, node: False):
+        """Yield (tensor, its producer) for `starts` and what they are computed from through linear
+        ops (never through an activation), up to _SEARCH_DEPTH nodes back; `stop(tensor, node)`
+        True ends that path there."""
+        seen, todo = set(), [(name, 0) for name in starts]
         while todo:
             current, depth = todo.pop()
-            if self.root(current) == source:
-                return True
             node = self.producer.get(current)
-            if node is None or current in seen or depth > SEARCH_DEPTH or node.op_type not in LINEAR_OPS:
+            if node is None or current in seen or depth > _SEARCH_DEPTH or node.op_type not in _LINEAR:
                 continue
             seen.add(current)
-            todo.extend((i, depth + 1) for i in node.input if i)
-        return False
+            yield current, node
+            if not stop(current, node):
+                todo.extend((i, depth + 1) for i in node.input if i)
+
+    def depends_on(self, name: str, source: str) -> bool:
+        """Whether `name` is computed from `source` through linear ops (no activation between)."""
+        source = self.root(source)
+        reached = {self.root(i) for _, node in self.walk_back([name]) for i in node.input if i}
+        return self.root(name) == source or source in reached
 
 
 def _gate_operands(flow: Dataflow, name: str):
@@ -238,18 +245,10 @@ def _difference_form(flow: Dataflow, add: onnx.NodeProto):
 def _reset_gate(flow: Dataflow, n: str, h: str, z: str) -> str | None:
     """The sigmoid that multiplies h, or h's projection, on the way into the candidate n."""
     z_root = flow.root(z)
-    pre = flow.activation(n).input[0]
-    seen, todo = set(), [(pre, 0)]
-    while todo:
-        current, depth = todo.pop()
-        node = flow.producer.get(current)
-        if node is None or current in seen or depth > SEARCH_DEPTH or node.op_type not in LINEAR_OPS:
-            continue
-        seen.add(current)
+    for current, _ in flow.walk_back([flow.activation(n).input[0]]):
         for gate, other in _gate_operands(flow, current):
             if flow.root(gate) != z_root and flow.depends_on(other, h):
                 return gate
-        todo.extend((i, depth + 1) for i in node.input if i)
     return None
 
 
@@ -325,7 +324,7 @@ def _weighted_sources(flow: Dataflow, name: str, acts: dict[str, onnx.NodeProto]
             found.append((acts[current], weight))
             continue
         node = flow.producer.get(current)
-        if node is None or (current, weight) in seen or depth > SEARCH_DEPTH or node.op_type not in LINEAR_OPS:
+        if node is None or (current, weight) in seen or depth > _SEARCH_DEPTH or node.op_type not in _LINEAR:
             continue
         seen.add((current, weight))
         if node.op_type in ("MatMul", "Gemm") and weight is None:

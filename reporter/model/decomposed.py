@@ -18,7 +18,7 @@ import onnx
 
 from reporter.layers import GATES, gate_activations
 from reporter.model.cell_patterns import CellMatch, Dataflow, chain_steps, find_cells, rnn_chains
-from reporter.model.graph_builder import GraphBuilder
+from reporter.model.graph_builder import GraphBuilder, fresh_name
 from reporter.model.layer_names import module_path
 from reporter.model.step_order import time_order
 from reporter.names import slug
@@ -128,20 +128,12 @@ def _generic(flow: Dataflow, widths, b: GraphBuilder) -> list[Found]:
     for width, nodes in sorted(by_width.items()):
         gates, acts, taken = {}, {}, set()
         for node in nodes:
-            gate = _unique(taken, slug(node.name or node.output[0]))
+            gate = fresh_name(taken, slug(node.name or node.output[0]))
             gates[gate] = _stacked(b, [node.output[0]], width)
             acts[gate] = node.op_type
         note = f"matches no known cell: traces are its {len(nodes)} sigmoid/tanh outputs, named by node"
         found.append(Found("generic", 1, width, gates, nodes[0], acts, cell="generic", note=note))
     return found
-
-
-def _unique(taken: set[str], name: str) -> str:
-    candidate, k = name, 1
-    while candidate in taken:
-        candidate, k = f"{name}_{k}", k + 1
-    taken.add(candidate)
-    return candidate
 
 
 def _stacked(b: GraphBuilder, steps: list[str], width: int) -> str:

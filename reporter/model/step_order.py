@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from reporter.model.cell_patterns import LINEAR_OPS, SEARCH_DEPTH, CellMatch, Dataflow
+from reporter.model.cell_patterns import CellMatch, Dataflow
 
 __all__ = ["time_order"]
 
@@ -42,19 +42,17 @@ def time_order(flow: Dataflow, chain: list[CellMatch]) -> int:
 
 def _reads(flow: Dataflow, step: CellMatch) -> dict[str, int]:
     """The slices a step reads: sliced tensor -> position, first selection on each path from its gates."""
-    found, seen = {}, set()
-    todo = [(flow.activation(gate).input[0], 0) for gate in step.gates.values() if flow.activation(gate) is not None]
-    while todo:
-        current, depth = todo.pop()
-        node = flow.producer.get(current)
-        if node is None or current in seen or depth > SEARCH_DEPTH or node.op_type not in LINEAR_OPS:
-            continue
-        seen.add(current)
+    found = {}
+
+    def selection(current: str, node: onnx.NodeProto) -> bool:
         position = _selected(flow, node, current)
         if position is not None:
             found.setdefault(node.input[0], position)
-            continue
-        todo.extend((i, depth + 1) for i in node.input if i)
+        return position is not None  # a path ends at its first selection
+
+    starts = [flow.activation(gate).input[0] for gate in step.gates.values() if flow.activation(gate) is not None]
+    for _ in flow.walk_back(starts, stop=selection):
+        pass
     return found
 
 
