@@ -110,3 +110,76 @@ def test_the_pages_say_which_branch_ran(two_rate_model, tmp_path):
     layer_pages = {layer.name: pages[f"{layer.name}-w{window}.html"] for layer in run.layers}
     assert "did not run on window" in layer_pages[lstm.name] and "data-chart" not in layer_pages[lstm.name]
     assert "did not run" not in layer_pages[gru.name] and "data-chart" in layer_pages[gru.name]
+
+
+def _generic_loop_model() -> onnx.ModelProto:
+    """X [B, T, I] → a Loop over time whose state update s' = σ(x·U + s·V)·tanh(s) + x·U is no known cell."""
+    u, v = RNG.standard_normal((I, H)).astype(np.float32), RNG.standard_normal((H, H)).astype(np.float32)
+    body = helper.make_graph(
+        [
+            helper.make_node("Gather", ["x_time_major", "iteration"], ["x_t"], axis=0),
+            helper.make_node("MatMul", ["x_t", "U"], ["xu"]),
+            helper.make_node("MatMul", ["s_in", "V"], ["sv"]),
+            helper.make_node("Add", ["xu", "sv"], ["pre"]),
+            helper.make_node("Sigmoid", ["pre"], ["squash"], name="squash"),
+            helper.make_node("Tanh", ["s_in"], ["bent"], name="bend"),
+            helper.make_node("Mul", ["squash", "bent"], ["mixed"]),
+            helper.make_node("Add", ["mixed", "xu"], ["s_out"]),
+            helper.make_node("Identity", ["s_out"], ["s_step"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("s_in", TensorProto.FLOAT, ["batch", H]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("s_out", TensorProto.FLOAT, ["batch", H]),
+            helper.make_tensor_value_info("s_step", TensorProto.FLOAT, ["batch", H]),
+        ],
+    )
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["x_time_major"], perm=[1, 0, 2]),
+        helper.make_node("Shape", ["x_time_major"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["steps"]),
+        helper.make_node("Gather", ["x_time_major", "zero"], ["x_first"], axis=0),
+        helper.make_node("MatMul", ["x_first", "U"], ["projected"]),
+        helper.make_node("Mul", ["projected", "nothing"], ["s0"]),  # zeros [B, H] for any batch
+        helper.make_node("Loop", ["steps", "", "s0"], ["s_last", "states"], name="mystery", body=body),
+        helper.make_node("Transpose", ["states"], ["y"], perm=[1, 0, 2]),
+    ]
+    inits = [
+        numpy_helper.from_array(u, "U"),
+        numpy_helper.from_array(v, "V"),
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array(0, np.float32), "nothing"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mystery",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time", I])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def test_a_generic_layer_replays_and_its_pages_say_what_its_traces_are(tmp_path):
+    onnx.save(_generic_loop_model(), tmp_path / "mystery.onnx")
+    windows = RNG.standard_normal((N, T, I)).astype(np.float32)
+    np.save(tmp_path / "windows.npy", windows)
+    run_dir = tmp_path / "run"
+    assert (
+        main(["replay", str(tmp_path / "mystery.onnx"), "--windows", str(tmp_path / "windows.npy"), "-o", str(run_dir)])
+        == 0
+    )
+    run = Run.load(run_dir)
+    (layer,) = run.layers
+    assert (layer.kind, layer.cell, sorted(layer.outputs)) == ("generic", "generic", ["bend", "squash"])
+    squash = run.gate_stats[(run.gate_stats["gate"] == "squash")]
+    assert squash["count"].sum() == N * T * H and squash["min"].min() >= 0 and squash["max"].max() <= 1
+    assert main(["build", "--runs", str(run_dir), "-o", str(tmp_path / "site")]) == 0
+    run_page = next(p for p in (tmp_path / "site").rglob("index.html") if "Model card" in p.read_text())
+    assert "matches no known cell: traces are its 2 sigmoid/tanh outputs, named by node" in run_page.read_text()
