@@ -203,3 +203,69 @@ def test_exposing_twice_is_a_no_op_and_the_input_model_is_untouched(build):
     assert model.SerializeToString() == before
     again, layers_again = expose_gates(exposed)
     assert again.SerializeToString() == exposed.SerializeToString() and layers_again == layers
+
+
+def _reverse_scan_gru():
+    """A GRU cell written with elementary ops as the body of a Scan that reads X from its last step."""
+    weights = {name: RNG.standard_normal(shape).astype(np.float32) for name, shape in _GRU_SHAPES.items()}
+    nodes = [
+        helper.make_node("MatMul", ["x_t", "Wz"], ["xz"]),
+        helper.make_node("MatMul", ["h_in", "Uz"], ["hz"]),
+        helper.make_node("Add", ["xz", "hz"], ["z_pre"]),
+        helper.make_node("Sigmoid", ["z_pre"], ["z"]),
+        helper.make_node("MatMul", ["x_t", "Wr"], ["xr"]),
+        helper.make_node("MatMul", ["h_in", "Ur"], ["hr"]),
+        helper.make_node("Add", ["xr", "hr"], ["r_pre"]),
+        helper.make_node("Sigmoid", ["r_pre"], ["r"]),
+        helper.make_node("Mul", ["r", "h_in"], ["reset"]),
+        helper.make_node("MatMul", ["reset", "Un"], ["hn"]),
+        helper.make_node("MatMul", ["x_t", "Wn"], ["xn"]),
+        helper.make_node("Add", ["xn", "hn"], ["n_pre"]),
+        helper.make_node("Tanh", ["n_pre"], ["n"]),
+        helper.make_node("Mul", ["z", "h_in"], ["kept"]),
+        helper.make_node("Sub", ["one", "z"], ["z_left"]),
+        helper.make_node("Mul", ["z_left", "n"], ["written"]),
+        helper.make_node("Add", ["kept", "written"], ["h_out"]),
+        helper.make_node("Identity", ["h_out"], ["y_t"]),
+    ]
+    body = helper.make_graph(
+        nodes,
+        "body",
+        [_value("h_in", [B, H]), _value("x_t", [B, I])],
+        [_value("h_out", [B, H]), _value("y_t", [B, H])],
+        [
+            *(numpy_helper.from_array(value, name) for name, value in weights.items()),
+            numpy_helper.from_array(np.array(1, np.float32), "one"),
+        ],
+    )
+    scan = helper.make_node(
+        "Scan", ["h0", "X"], ["h_last", "Y"], name="backwards", body=body, num_scan_inputs=1, scan_input_directions=[1]
+    )
+    inits = [numpy_helper.from_array(np.zeros((B, H), np.float32), "h0")]
+    return _model([scan], [_value("X", [T, B, I])], [_value("Y"), _value("h_last")], inits), weights
+
+
+_GRU_SHAPES = {"Wz": (I, H), "Uz": (H, H), "Wr": (I, H), "Ur": (H, H), "Wn": (I, H), "Un": (H, H)}
+
+
+def test_a_cell_in_a_reverse_scan_body_is_a_reverse_layer_in_input_time():
+    model, w = _reverse_scan_gru()
+    exposed, layers = expose_gates(model)
+    assert [(layer.kind, layer.cell, layer.direction, layer.branch) for layer in layers] == [
+        ("GRU", "decomposed", "reverse", "Scan 'backwards' body")
+    ]
+    x = RNG.standard_normal((T, B, I)).astype(np.float32)
+    got, plain = _run(exposed, {"X": x}), _run(model, {"X": x})
+    for name in ("Y", "h_last"):
+        np.testing.assert_allclose(got[name], plain[name], rtol=0, atol=ATOL)
+    h, want = np.zeros((B, H)), {gate: [None] * T for gate in "zrnh"}
+    for t in reversed(range(T)):  # the Scan's order
+        z = 1 / (1 + np.exp(-(x[t] @ w["Wz"] + h @ w["Uz"])))
+        r = 1 / (1 + np.exp(-(x[t] @ w["Wr"] + h @ w["Ur"])))
+        n = np.tanh(x[t] @ w["Wn"] + (r * h) @ w["Un"])
+        h = z * h + (1 - z) * n
+        for gate, value in zip("zrnh", (z, r, n, h)):
+            want[gate][t] = value  # stored at the input step it read
+    for gate, name in layers[0].outputs.items():
+        assert got[name].shape == (B, T, 1, H)
+        assert np.abs(got[name][:, :, 0] - np.stack(want[gate], 1)).max() <= ATOL, gate

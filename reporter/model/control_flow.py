@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 
 from reporter.model.graph_builder import GraphBuilder
 
-__all__ = ["BRANCH_ATTRIBUTES", "lift_out_of"]
+__all__ = ["BRANCH_ATTRIBUTES", "lift_out_of", "runs_backward"]
 
 BRANCH_ATTRIBUTES = {"If": ("then_branch", "else_branch"), "Loop": ("body",), "Scan": ("body",)}
 
@@ -54,6 +54,12 @@ def lift_out_of(
     return _steps_along_time(b, outer, directions, hidden)
 
 
+def runs_backward(node: onnx.NodeProto) -> bool:
+    """Whether a Scan walks its (first) input from the last step to the first."""
+    directions = next((list(a.ints) for a in node.attribute if a.name == "scan_input_directions"), [])
+    return node.op_type == "Scan" and bool(directions) and directions[0] == 1
+
+
 def _attribute_graph(node: onnx.NodeProto, name: str) -> onnx.GraphProto:
     return next(a.g for a in node.attribute if a.name == name)
 
@@ -73,9 +79,7 @@ def _scan_in_input_order(node: onnx.NodeProto) -> None:
     attrs = {a.name: a for a in node.attribute}
     inputs_scanned = attrs["num_scan_inputs"].i
     scan_outputs = len(body.output) - (len(body.input) - inputs_scanned)  # body outputs: states, then scans
-    reverse = 0
-    if "scan_input_directions" in attrs and attrs["scan_input_directions"].ints:
-        reverse = attrs["scan_input_directions"].ints[0]
+    reverse = int(runs_backward(node))
     if "scan_output_directions" in attrs or reverse:
         directions = list(attrs["scan_output_directions"].ints) if "scan_output_directions" in attrs else []
         directions += [0] * (scan_outputs - 1 - len(directions)) + [reverse]
@@ -86,9 +90,14 @@ def _scan_in_input_order(node: onnx.NodeProto) -> None:
 
 
 def _set_ints(node: onnx.NodeProto, name: str, values: list[int]) -> None:
-    kept = [a for a in node.attribute if a.name != name]
-    del node.attribute[:]
-    node.attribute.extend([*kept, helper.make_attribute(name, values)])
+    """Set an ints attribute in place: rebuilding the attribute list would copy the body graph,
+    leaving the caller's reference to it detached from the node."""
+    attribute = next((a for a in node.attribute if a.name == name), None)
+    if attribute is None:
+        node.attribute.append(helper.make_attribute(name, values))
+        return
+    del attribute.ints[:]
+    attribute.ints.extend(values)
 
 
 def _steps_along_time(b: GraphBuilder, stacked: str, directions: int, hidden: int) -> str:

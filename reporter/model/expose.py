@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 
 from reporter.errors import ModelError
 from reporter.layers import GATES, KINDS, Layer, gate_activations, layers_from_json, layers_to_json
-from reporter.model.control_flow import BRANCH_ATTRIBUTES, lift_out_of
+from reporter.model.control_flow import BRANCH_ATTRIBUTES, lift_out_of, runs_backward
 from reporter.model.decomposed import Found, decomposed_layers
 from reporter.model.graph_builder import GraphBuilder, fresh_name
 from reporter.model.layer_names import LayerNamer
@@ -93,6 +93,8 @@ def _expose_graph(graph: onnx.GraphProto, carried: list, types: dict, taken: set
                     for gate, tensor in layer.gates.items()
                 }
                 layer.branch = [where, *layer.branch]
+                if runs_backward(node) and layer.direction == "forward":
+                    layer.direction = "reverse"  # its steps ran last to first; lifted, they are in input time
                 found.append((k, layer))
     nodes = [new for node in original for new in replacements.get(id(node), [node])]
     del graph.node[:]
