@@ -269,3 +269,37 @@ def test_a_cell_in_a_reverse_scan_body_is_a_reverse_layer_in_input_time():
     for gate, name in layers[0].outputs.items():
         assert got[name].shape == (B, T, 1, H)
         assert np.abs(got[name][:, :, 0] - np.stack(want[gate], 1)).max() <= ATOL, gate
+
+
+def test_fused_nodes_in_nested_ifs_say_their_whole_path_and_run_only_when_both_branches_are_taken():
+    inner = _if_model().graph.node[0]  # If 'by_rate': LSTM then, GRU else
+    inner.name = "inner"
+    outer_then = helper.make_graph([inner], "outer_then", [], [_value("Y")])
+    outer_else = helper.make_graph(
+        [helper.make_node("Identity", ["X"], ["X_out"])], "outer_else", [], [_value("X_out")]
+    )
+    node = helper.make_node("If", ["outer_flag"], ["out"], name="outer", then_branch=outer_then, else_branch=outer_else)
+    inputs = [
+        _value("outer_flag", [], TensorProto.BOOL),
+        _value("flag", [], TensorProto.BOOL),
+        _value("X", ["T", "B", I]),
+    ]
+    model = _model([node], inputs, [_value("out")])
+    exposed, layers = expose_gates(model)
+    assert [layer.branch for layer in layers] == [
+        "If 'outer' then_branch › If 'inner' then_branch",
+        "If 'outer' then_branch › If 'inner' else_branch",
+    ]
+    x = RNG.standard_normal((T, B, I)).astype(np.float32)
+    lstm, gru = layers
+    for outer_flag, flag, ran in [(True, True, lstm), (True, False, gru), (False, True, None)]:
+        feeds = {"outer_flag": np.array(outer_flag), "flag": np.array(flag), "X": x}
+        got, plain = _run(exposed, feeds), _run(model, feeds)
+        np.testing.assert_allclose(got["out"], plain["out"], rtol=0, atol=ATOL)
+        for layer in layers:
+            shapes = {got[name].shape for name in layer.outputs.values()}
+            assert shapes == ({(B, T, 1, H)} if layer is ran else {(0, 0, 1, H)}), (outer_flag, flag, layer.kind)
+        if ran is not None:
+            want = rnn_reference.run(ran.kind, x, *WEIGHTS[ran.kind]).gates
+            for gate, name in ran.outputs.items():
+                assert np.abs(got[name] - want[gate]).max() <= ATOL, (ran.kind, gate)
