@@ -303,3 +303,13 @@ def test_fused_nodes_in_nested_ifs_say_their_whole_path_and_run_only_when_both_b
             want = rnn_reference.run(ran.kind, x, *WEIGHTS[ran.kind]).gates
             for gate, name in ran.outputs.items():
                 assert np.abs(got[name] - want[gate]).max() <= ATOL, (ran.kind, gate)
+
+
+def test_inlined_torch_names_read_as_module_paths_and_alternatives_in_branches_keep_them_apart():
+    """As in a VAD model shipped with its functions inlined: each branch holds "…__Inline_0__/decoder/rnn/LSTM"."""
+    model = _if_model()
+    then, other = (a.g for a in model.graph.node[0].attribute)
+    then.node[0].name = "If_0_then_branch__Inline_0__/decoder/rnn/LSTM"
+    other.node[0].name = "If_0_else_branch__Inline_0__/decoder/rnn/GRU"
+    _, layers = expose_gates(model)
+    assert [layer.name for layer in layers] == ["decoder.rnn.l0", "decoder.rnn.l0@else"]

@@ -52,7 +52,7 @@ def expose_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Layer]]:
         )
     layers, b, namer = [], GraphBuilder(taken, "gate_reporter"), LayerNamer()
     for layer in found:
-        name = namer.name(layer.node, layer.kind, layer.cell == "fused")
+        name = namer.name(layer.node, layer.kind, layer.cell == "fused", layer.branch)
         outputs = {
             gate: b.op("Identity", tensor, out=fresh_name(taken, f"{name}/{gate}"))
             for gate, tensor in layer.gates.items()

@@ -19,19 +19,21 @@ __all__ = ["LayerNamer", "module_path"]
 
 _GENERATED_NAME = re.compile(r"(LSTM|GRU|RNN)__\d+")  # tf2onnx's names for the nodes it fuses
 _TF_INTERNAL = {"PartitionedCall", "StatefulPartitionedCall"}  # TensorFlow's own scopes inside a Keras layer
+_INLINED = re.compile(r"^.*__Inline_\d+__(?=/)")  # ONNX's inliner prefixes "If_0_then_branch__Inline_0__"
 
 
 def module_path(node: onnx.NodeProto) -> str | None:
     """The torch module path a node came from (dynamo name scopes or legacy '/a/b/LSTM'), if any."""
     meta = {p.key: p.value for p in node.metadata_props}
+    name = _INLINED.sub("", node.name)
     if "pkg.torch.onnx.name_scopes" in meta:
         try:
             scopes = ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])
         except (ValueError, SyntaxError):
             scopes = []
         return ".".join(s for s in scopes[1:-1] if s) or None
-    if node.name.startswith("/"):
-        return ".".join(p for p in node.name.strip("/").split("/")[:-1] if p) or None
+    if name.startswith("/"):
+        return ".".join(p for p in name.strip("/").split("/")[:-1] if p) or None
     return None
 
 
@@ -57,22 +59,29 @@ class LayerNamer:
 
     def __init__(self):
         self.used: set[str] = set()
-        self.per_module: dict[str, int] = {}
+        self.per_module: dict[tuple[str, str], int] = {}
 
-    def name(self, node: onnx.NodeProto, kind: str, fused: bool) -> str:
-        """A fused node's layer name, or (`fused` False) that of a cell whose first step `node` writes."""
+    def name(self, node: onnx.NodeProto, kind: str, fused: bool, branch: list[str] | tuple = ()) -> str:
+        """A fused node's layer name, or (`fused` False) that of a cell whose first step `node` writes.
+
+        Layers in different branches of an `If` are alternatives, not a stack: each branch counts its
+        own ".l0", and a name another branch already took gets the branch ("decoder.rnn.l0@else")."""
         path = module_path(node)
-        if fused and not (path is not None or not node.name or node.name.startswith("/")):
+        if fused and not (path is not None or not node.name or _INLINED.sub("", node.name).startswith("/")):
             scope = _tf_scope(node.input) if _GENERATED_NAME.fullmatch(node.name) else None
             return fresh_name(self.used, scope or node.name)
         if not fused and path is None:
             scope = _tf_scope([*node.output, *node.input])
             if scope:
                 return fresh_name(self.used, scope)
-        return self._indexed(path or (kind.lower() if fused else f"{kind.lower()}_cell"))
+        return self._indexed(path or (kind.lower() if fused else f"{kind.lower()}_cell"), list(branch))
 
-    def _indexed(self, base: str) -> str:
-        """ "rnn.l0", "rnn.l1": the k-th layer of one module."""
-        k = self.per_module.setdefault(base, 0)
-        self.per_module[base] = k + 1
-        return fresh_name(self.used, f"{base}.l{k}")
+    def _indexed(self, base: str, branch: list[str]) -> str:
+        """ "rnn.l0", "rnn.l1": the k-th layer of one module (within one branch)."""
+        key = (base, " › ".join(branch))
+        k = self.per_module.setdefault(key, 0)
+        self.per_module[key] = k + 1
+        name = f"{base}.l{k}"
+        if name in self.used and branch:
+            name += "@" + ".".join(level.split()[-1].removesuffix("_branch") for level in branch)
+        return fresh_name(self.used, name)
