@@ -548,3 +548,28 @@ def test_gates_packed_in_one_sigmoid_and_split_afterwards_are_told_apart_by_thei
     np.testing.assert_allclose(got["H"], np.stack(want["h"]), rtol=0, atol=ATOL)
     for gate, name in layers[0].outputs.items():
         np.testing.assert_allclose(got[name][:, :, 0], np.stack(want[gate], 1), rtol=0, atol=ATOL, err_msg=gate)
+
+
+def test_a_keras_bidirectional_layer_has_its_backward_loop_in_input_time():
+    """tf2onnx writes Bidirectional as two Loops; the backward one reads the input through a
+    ReverseSequence. Its gates must come out at the input step each one read, as a reverse layer."""
+    data = dict(np.load(FIXTURES / "keras_bidirectional_gru.npz"))
+    model = onnx.load(FIXTURES / "keras_bidirectional_gru.onnx")
+    exposed, layers = expose_gates(model)
+    assert [(layer.name, layer.kind, layer.cell, layer.direction) for layer in layers] == [
+        ("bi.forward_gru", "GRU", "decomposed", "forward"),
+        ("bi.backward_gru", "GRU", "decomposed", "reverse"),
+    ]
+    outputs = _run(exposed, {"series": data["series"]})
+    x = data["series"].astype(np.float64)
+    for layer, reverse in zip(layers, (False, True)):
+        prefix = f"bi/{layer.name.split('.')[-1]}"
+        weights = (data[f"{prefix}/{w}"].astype(np.float64) for w in ("kernel", "recurrent_kernel", "bias"))
+        step = keras_step("GRU", *weights)
+        want = _unroll(step, x[:, ::-1] if reverse else x, HIDDEN_KERAS)
+        want = {gate: values[:, ::-1] if reverse else values for gate, values in want.items()}  # input time
+        _assert_gates(layer, outputs, want, (*x.shape[:2], 1, HIDDEN_KERAS))
+    np.testing.assert_allclose(outputs["head"], data["keras_output"], rtol=0, atol=ATOL)
+
+
+HIDDEN_KERAS = 4

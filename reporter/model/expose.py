@@ -17,12 +17,14 @@ from onnx import TensorProto, helper
 
 from reporter.errors import ModelError
 from reporter.layers import GATES, KINDS, Layer, gate_activations, layers_from_json, layers_to_json
+from reporter.model.cell_patterns import Dataflow
 from reporter.model.control_flow import BRANCH_ATTRIBUTES, lift_out_of, runs_backward
 from reporter.model.decomposed import Found, decomposed_layers
-from reporter.model.graph_builder import GraphBuilder, fresh_name
+from reporter.model.graph_builder import GraphBuilder, fresh_name, reverse_time
 from reporter.model.layer_names import LayerNamer
 from reporter.model.recurrent_spec import read_spec
 from reporter.model.scan_rewrite import build_scan_rewrite
+from reporter.model.step_order import reads_flipped
 
 __all__ = ["MANIFEST_KEY", "RECURRENT_OPS", "expose_gates"]
 
@@ -75,7 +77,7 @@ def expose_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Layer]]:
 def _expose_graph(graph: onnx.GraphProto, carried: list, types: dict, taken: set[str], notes: list[str]) -> list[Found]:
     """Expose every layer of `graph` and of its subgraphs; each layer's gates as tensors of `graph`,
     in graph order. New nodes go into `graph` itself."""
-    original, b = list(graph.node), GraphBuilder(taken, "gate_reporter")
+    original, b, flow = list(graph.node), GraphBuilder(taken, "gate_reporter"), Dataflow(graph)
     widths = lambda name: _last_dim(types, name)  # noqa: E731
     anchors = {id(node): k for k, node in enumerate(original)}
     found = [(anchors[id(f.node)], f) for f in decomposed_layers(graph, carried, widths, b, notes)]
@@ -95,6 +97,9 @@ def _expose_graph(graph: onnx.GraphProto, carried: list, types: dict, taken: set
                 layer.branch = [where, *layer.branch]
                 if runs_backward(node) and layer.direction == "forward":
                     layer.direction = "reverse"  # its steps ran last to first; lifted, they are in input time
+                elif node.op_type == "Loop" and layer.cell != "fused" and reads_flipped(node, sub, flow):
+                    layer.gates = {gate: reverse_time(b, tensor, 1, None) for gate, tensor in layer.gates.items()}
+                    layer.direction = "reverse"  # it ran over the flipped input: flipped back into input time
                 found.append((k, layer))
     nodes = [new for node in original for new in replacements.get(id(node), [node])]
     del graph.node[:]

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 
 from reporter.model.cell_patterns import CellMatch, Dataflow
 
-__all__ = ["time_order"]
+__all__ = ["flipped", "reads_flipped", "time_order"]
 
 
 def time_order(flow: Dataflow, chain: list[CellMatch]) -> int:
@@ -36,7 +36,7 @@ def time_order(flow: Dataflow, chain: list[CellMatch]) -> int:
             order = -1
         else:
             continue
-        return -order if _flipped(flow, source) else order
+        return -order if flipped(flow, source) else order
     return 0
 
 
@@ -66,7 +66,7 @@ def _selected(flow: Dataflow, node: onnx.NodeProto, output: str) -> int | None:
     return None
 
 
-def _flipped(flow: Dataflow, name: str) -> bool:
+def flipped(flow: Dataflow, name: str) -> bool:
     """Whether a tensor is its input reversed along an axis (Slice with step −1, ReverseSequence)."""
     node = flow.producer.get(flow.root(name))
     if node is None:
@@ -76,3 +76,13 @@ def _flipped(flow: Dataflow, name: str) -> bool:
     if node.op_type == "Slice" and len(node.input) > 4 and node.input[4] in flow.constants:
         return bool(np.all(numpy_helper.to_array(flow.constants[node.input[4]]) < 0))
     return False
+
+
+def reads_flipped(loop: onnx.NodeProto, body: onnx.GraphProto, outer: Dataflow) -> bool:
+    """Whether a loop body reads its sequence from a tensor of the enclosing graph that is the input
+    flipped in time (tf2onnx's go_backwards: ReverseSequence, then a Loop over steps): its
+    iterations then run from the last input step to the first."""
+    inner = {name for node in body.node for name in node.output}
+    inner |= {value.name for value in body.input} | {init.name for init in body.initializer}
+    read = {node.input[0] for node in body.node if node.op_type in ("Gather", "Slice") and node.input[0] not in inner}
+    return any(flipped(outer, name) for name in read)
