@@ -74,6 +74,10 @@ def run_export(args: argparse.Namespace) -> int:
         gates = " ".join(layer.outputs)
         found = layer.cell + (f" in {layer.branch}" if layer.branch else "") + (f"; {layer.note}" if layer.note else "")
         print(f"{layer.name}: {layer.kind}, {layer.direction}, hidden {layer.hidden_size}, gates {gates} ({found})")
+    from reporter.model.expose import NOTES_KEY
+
+    for note in {p.key: p.value for p in source.exposed.metadata_props}.get(NOTES_KEY, "").splitlines():
+        print(f"note: {note}")
     parity = "n/a (ONNX input)" if source.parity_max_abs is None else f"{source.parity_max_abs:.2e}"
     print(f"wrote {out} and {manifest_path} ({_count(len(source.layers), 'layer')}; export parity max |Δ| {parity})")
     return 0

@@ -31,12 +31,12 @@ from onnx import numpy_helper
 
 from reporter.layers import GATES, gate_activations
 
-__all__ = ["CellMatch", "Dataflow", "chain_steps", "find_cells", "rnn_chains"]
+__all__ = ["CANDIDATE_ACTS", "CellMatch", "Dataflow", "chain_steps", "find_cells", "graph_constants", "rnn_chains"]
 
 _VIEWS = {"Identity", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Transpose", "Cast"}
 _SAME_VALUE = {"Identity", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Cast"}  # a tensor under another shape
 _GATE_ACTS = {"Sigmoid", "HardSigmoid"}
-_CANDIDATE_ACTS = {"Tanh", "Relu", "Softsign", "Elu", "Selu", "LeakyRelu", "Softplus"}
+CANDIDATE_ACTS = {"Tanh", "Relu", "Softsign", "Elu", "Selu", "LeakyRelu", "Softplus"}
 _LINEAR = {"Add", "Sub", "Mul", "MatMul", "Gemm", "Concat", "Neg", *_VIEWS}  # between an activation and its inputs
 _SEARCH_DEPTH = 12
 
@@ -54,10 +54,24 @@ class CellMatch:
     nodes: set[str] = field(default_factory=set)  # the activation nodes this step accounts for
 
 
+def graph_constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """The values of a graph's initializers and Constant nodes (any of Constant's value attributes)."""
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute:
+            attribute = node.attribute[0]
+            value = onnx.helper.get_attribute_value(attribute)
+            if attribute.name in ("value", "sparse_value") and isinstance(value, onnx.TensorProto):
+                values[node.output[0]] = numpy_helper.to_array(value)
+            elif attribute.name in ("value_float", "value_floats", "value_int", "value_ints"):
+                values[node.output[0]] = np.asarray(value)
+    return values
+
+
 class Dataflow:
     """Producers, consumers and constants of one graph (a model's main graph or a subgraph)."""
 
-    def __init__(self, graph: onnx.GraphProto):
+    def __init__(self, graph: onnx.GraphProto, outer_constants: dict[str, np.ndarray] | None = None):
         self.graph = graph
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
@@ -66,10 +80,8 @@ class Dataflow:
                 self.producer[name] = node
             for name in node.input:
                 self.consumers[name].append(node)
-        self.constants = {init.name: init for init in graph.initializer}
-        for node in graph.node:
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                self.constants[node.output[0]] = node.attribute[0].t
+        # a subgraph also sees its enclosing graphs' constants (a Loop body's "1" may live outside it)
+        self.constants = {**(outer_constants or {}), **graph_constants(graph)}
 
     def op(self, name: str) -> str | None:
         node = self.producer.get(name)
@@ -81,7 +93,7 @@ class Dataflow:
             node = self.producer.get(name)
             if node is None:
                 return None
-            if node.op_type in _GATE_ACTS | _CANDIDATE_ACTS:
+            if node.op_type in _GATE_ACTS | CANDIDATE_ACTS:
                 return node
             if node.op_type not in _VIEWS:
                 return None
@@ -94,7 +106,7 @@ class Dataflow:
 
     def is_candidate(self, name: str) -> bool:
         act = self.activation(name)
-        return act is not None and act.op_type in _CANDIDATE_ACTS
+        return act is not None and act.op_type in CANDIDATE_ACTS
 
     def root(self, name: str) -> str:
         """The tensor `name` holds the values of, under any reshaping or identity."""
@@ -106,8 +118,8 @@ class Dataflow:
         return name
 
     def is_one(self, name: str) -> bool:
-        tensor = self.constants.get(self.root(name))
-        return tensor is not None and bool(np.all(numpy_helper.to_array(tensor) == 1))
+        value = self.constants.get(self.root(name))
+        return value is not None and value.size > 0 and bool(np.all(value == 1))
 
     def forward_views(self, name: str) -> list[str]:
         """`name` and every tensor that is it under another shape (Identity, Unsqueeze, …)."""
@@ -181,7 +193,7 @@ def _readout(flow: Dataflow, c_new: str):
     """(h, o, the activation of c') for h = o·act(c'), if c' is read out so."""
     for view in flow.forward_views(c_new):
         for act in flow.consumers.get(view, []):
-            if act.op_type not in _CANDIDATE_ACTS:
+            if act.op_type not in CANDIDATE_ACTS:
                 continue
             for out in flow.forward_views(act.output[0]):
                 for mul in flow.consumers.get(out, []):
@@ -194,13 +206,16 @@ def _readout(flow: Dataflow, c_new: str):
 
 
 def _gru_at(flow: Dataflow, add: onnx.NodeProto) -> CellMatch | None:
-    """h' = z·h + (1−z)·n (either operand order), or h' = n + z·(h − n)."""
-    found = _interpolation(flow, add) or _difference_form(flow, add)
-    if found is None:
-        return None
-    z, h, n = found
-    r = _reset_gate(flow, n, h, z)
-    if r is None:
+    """h' = z·h + (1−z)·n (either operand order), or h' = n + z·(h − n).
+
+    Which operand is the carried h and which the candidate n is settled by the reset gate: n is the
+    one computed through a sigmoid times h (or h's projection). So an initial state that is itself
+    an activation's output (h0 = tanh(encoder · P) in a decoder) is no candidate by mistake."""
+    for z, h, n in (*_interpolation(flow, add), *_difference_form(flow, add)):
+        r = _reset_gate(flow, n, h, z)
+        if r is not None:
+            break
+    else:
         return None
     gates = dict(zip(GATES["GRU"], (z, r, n, add.output[0])))
     z_act = _act(flow, z) if flow.is_gate(z) else "Sigmoid"  # 1 − σ is in [0, 1] too
@@ -209,8 +224,9 @@ def _gru_at(flow: Dataflow, add: onnx.NodeProto) -> CellMatch | None:
     return CellMatch("GRU", gates, h, add.output[0], acts, add, nodes)
 
 
-def _interpolation(flow: Dataflow, add: onnx.NodeProto):
-    """(z, h, n) for Add(Mul(s, P), Mul(1 − s, Q)); z is whichever of s, 1 − s multiplies the state."""
+def _interpolation(flow: Dataflow, add: onnx.NodeProto) -> list[tuple[str, str, str]]:
+    """Readings (z, h, n) of Add(Mul(s, P), Mul(1 − s, Q)); z is whichever of s, 1 − s multiplies the state."""
+    readings = []
     for first, second in (add.input, reversed(add.input)):
         for s, p in _gate_operands(flow, first):
             node = flow.producer.get(second)
@@ -222,24 +238,24 @@ def _interpolation(flow: Dataflow, add: onnx.NodeProto):
                     continue
                 if flow.root(sub.input[1]) != flow.root(s):
                     continue
-                if flow.is_candidate(q) and flow.activation(p) is None:
-                    return s, p, q
-                if flow.is_candidate(p) and flow.activation(q) is None:
-                    return u, q, p
-    return None
+                if flow.is_candidate(q):
+                    readings.append((s, p, q))
+                if flow.is_candidate(p):
+                    readings.append((u, q, p))
+    return readings
 
 
-def _difference_form(flow: Dataflow, add: onnx.NodeProto):
-    """(z, h, n) for Add(n, Mul(z, Sub(h, n)))."""
+def _difference_form(flow: Dataflow, add: onnx.NodeProto) -> list[tuple[str, str, str]]:
+    """Readings (z, h, n) of Add(n, Mul(z, Sub(h, n)))."""
+    readings = []
     for n, product in (add.input, reversed(add.input)):
         if not flow.is_candidate(n):
             continue
         for z, d in _gate_operands(flow, product):
             sub = flow.producer.get(d)
             if sub is not None and sub.op_type == "Sub" and flow.root(sub.input[1]) == flow.root(n):
-                if flow.activation(sub.input[0]) is None:
-                    return z, sub.input[0], n
-    return None
+                readings.append((z, sub.input[0], n))
+    return readings
 
 
 def _reset_gate(flow: Dataflow, n: str, h: str, z: str) -> str | None:
@@ -293,7 +309,7 @@ def rnn_chains(flow: Dataflow, skip: set[str]) -> list[list[CellMatch]]:
     pairs); a recurrent weight links the steps of one layer into a single path. Requiring a path of
     two links or more keeps a two-layer perceptron from passing for a recurrent layer.
     """
-    acts = [n for n in flow.graph.node if n.op_type in _CANDIDATE_ACTS and n.name not in skip]
+    acts = [n for n in flow.graph.node if n.op_type in CANDIDATE_ACTS and n.name not in skip]
     by_output = {n.output[0]: n for n in acts}
     links: dict[str, list[tuple[onnx.NodeProto, onnx.NodeProto]]] = defaultdict(list)
     for node in acts:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from reporter.layers import GATES, gate_activations
-from reporter.model.cell_patterns import CellMatch, Dataflow, chain_steps, find_cells, rnn_chains
+from reporter.model.cell_patterns import CANDIDATE_ACTS, CellMatch, Dataflow, chain_steps, find_cells, rnn_chains
 from reporter.model.graph_builder import GraphBuilder, fresh_name
 from reporter.model.layer_names import module_path
 from reporter.model.step_order import time_order
@@ -45,13 +45,14 @@ class Found:
 
 
 def decomposed_layers(
-    graph: onnx.GraphProto, carried: list[tuple[str, str]], widths, b: GraphBuilder, notes: list[str]
+    flow: Dataflow, carried: list[tuple[str, str]], dims, b: GraphBuilder, notes: list[str], generic: bool = True
 ) -> list[Found]:
-    """Every decomposed cell of `graph` (not its subgraphs) as a layer; `carried` pairs a body's
-    state inputs with the outputs that update them (empty for a main graph); `widths(tensor)` is a
-    tensor's last dimension when shape inference knows it."""
-    flow = Dataflow(graph)
-    matches = find_cells(graph, flow)
+    """Every decomposed cell of `flow`'s graph (not its subgraphs) as a layer; `carried` pairs a
+    body's state inputs with the outputs that update them (empty for a main graph); `dims(tensor)`
+    is a tensor's dims where shape inference knows them. `generic`: offer a recurrent body that
+    matches no known cell (not where a fused node or control flow in the body holds the recurrence)."""
+    widths = lambda name: _width(dims(name))  # noqa: E731
+    matches = find_cells(flow.graph, flow)
     used = {name for match in matches for name in match.nodes}
     chains = chain_steps(flow, matches)
     if carried:
@@ -74,8 +75,8 @@ def decomposed_layers(
         layer.note = note
         found.append(layer)
     found = _paired_directions(found, b)
-    if carried and not chains:
-        found += _generic(flow, widths, b)
+    if carried and not chains and generic:
+        found += _generic(flow, carried, dims, b)
     return found
 
 
@@ -110,7 +111,7 @@ def _carried_rnn_steps(flow: Dataflow, carried: list[tuple[str, str]], used: set
     steps = []
     for state_in, state_out in carried:
         act = flow.producer.get(flow.root(state_out))
-        if act is None or act.op_type not in {"Tanh", "Relu"} or act.name in used:
+        if act is None or act.op_type not in CANDIDATE_ACTS or act.name in used:
             continue
         if flow.depends_on(act.input[0], state_in):
             gates, acts = dict(zip(GATES["RNN"], (act.output[0],))), gate_activations("RNN", (act.op_type,))
@@ -118,12 +119,21 @@ def _carried_rnn_steps(flow: Dataflow, carried: list[tuple[str, str]], used: set
     return steps
 
 
-def _generic(flow: Dataflow, widths, b: GraphBuilder) -> list[Found]:
-    """A recurrent body matching no known cell: its sigmoid/tanh outputs, one layer per width."""
+def _width(dims: list | None) -> int | None:
+    return dims[-1] if dims and isinstance(dims[-1], int) and dims[-1] > 0 else None
+
+
+def _generic(flow: Dataflow, carried: list[tuple[str, str]], dims, b: GraphBuilder) -> list[Found]:
+    """A recurrent body matching no known cell: the sigmoid/tanh outputs that carry its state (each
+    computed from a state input and feeding a state output), [batch, width] ones, one layer per width."""
+    feeding = _upstream(flow, [out for _, out in carried])
     by_width = defaultdict(list)
     for node in flow.graph.node:
-        if node.op_type in _TRACED and widths(node.output[0]):
-            by_width[widths(node.output[0])].append(node)
+        shape = dims(node.output[0])
+        if node.op_type not in _TRACED or node.output[0] not in feeding or not shape or len(shape) != 2:
+            continue
+        if _width(shape) and any(state in _upstream(flow, [node.input[0]], tensors=True) for state, _ in carried):
+            by_width[_width(shape)].append(node)
     found = []
     for width, nodes in sorted(by_width.items()):
         gates, acts, taken = {}, {}, set()
@@ -134,6 +144,22 @@ def _generic(flow: Dataflow, widths, b: GraphBuilder) -> list[Found]:
         note = f"matches no known cell: traces are its {len(nodes)} sigmoid/tanh outputs, named by node"
         found.append(Found("generic", 1, width, gates, nodes[0], acts, cell="generic", note=note))
     return found
+
+
+def _upstream(flow: Dataflow, names: list[str], tensors: bool = False) -> set[str]:
+    """Every node (by its first output) or, with `tensors`, every tensor that `names` are computed
+    from, through any op."""
+    seen_tensors, seen_nodes, todo = set(), set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen_tensors:
+            continue
+        seen_tensors.add(name)
+        node = flow.producer.get(name)
+        if node is not None and node.output[0] not in seen_nodes:
+            seen_nodes.add(node.output[0])
+            todo.extend(i for i in node.input if i)
+    return seen_tensors if tensors else seen_nodes
 
 
 def _stacked(b: GraphBuilder, steps: list[str], width: int) -> str:

@@ -12,12 +12,14 @@ never modified; the model's own outputs keep their names, order and values.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import onnx
 from onnx import TensorProto, helper
 
 from reporter.errors import ModelError
 from reporter.layers import GATES, KINDS, Layer, gate_activations, layers_from_json, layers_to_json
-from reporter.model.cell_patterns import Dataflow
+from reporter.model.cell_patterns import Dataflow, graph_constants
 from reporter.model.control_flow import BRANCH_ATTRIBUTES, lift_out_of, runs_backward
 from reporter.model.decomposed import Found, decomposed_layers
 from reporter.model.graph_builder import GraphBuilder, fresh_name, reverse_time
@@ -26,10 +28,11 @@ from reporter.model.recurrent_spec import read_spec
 from reporter.model.scan_rewrite import build_scan_rewrite
 from reporter.model.step_order import reads_flipped
 
-__all__ = ["MANIFEST_KEY", "RECURRENT_OPS", "expose_gates"]
+__all__ = ["MANIFEST_KEY", "NOTES_KEY", "RECURRENT_OPS", "expose_gates"]
 
 RECURRENT_OPS = KINDS  # the ONNX operators whose gates are exposed
 MANIFEST_KEY = "gate_reporter.layers"
+NOTES_KEY = "gate_reporter.notes"  # what exposure found but could not expose, one line each
 _MIN_OPSET = 13  # Unsqueeze/Squeeze/Slice with tensor inputs
 _DIRECTION = {(False,): "forward", (True,): "reverse", (False, True): "bidirectional"}
 
@@ -45,8 +48,8 @@ def expose_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Layer]]:
         exposed = onnx.inliner.inline_local_functions(exposed)
     exposed = _with_min_opset(exposed)
     graph = exposed.graph
-    types, taken, notes = _known_types(exposed), _all_names(graph), []
-    found = _expose_graph(graph, [], types, taken, notes)
+    inferred, taken, notes = _inferred(exposed).graph, _all_names(graph), []
+    found = _expose_graph(graph, _Scope(inferred, _graph_types(inferred), graph_constants(graph)), [], taken, notes)
     if not found:
         raise ModelError(
             f"model {graph.name!r} has no LSTM, GRU or RNN node, and no recurrent cell built from "
@@ -68,28 +71,57 @@ def expose_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Layer]]:
                     gate_output, TensorProto.FLOAT, [None, None, layer.directions, layer.hidden_size]
                 )
             )
-    helper.set_model_props(
-        exposed, {**{p.key: p.value for p in exposed.metadata_props}, MANIFEST_KEY: layers_to_json(layers)}
-    )
+    props = {**{p.key: p.value for p in exposed.metadata_props}, MANIFEST_KEY: layers_to_json(layers)}
+    if notes:
+        props[NOTES_KEY] = "\n".join(notes)
+    helper.set_model_props(exposed, props)
     return exposed, layers
 
 
-def _expose_graph(graph: onnx.GraphProto, carried: list, types: dict, taken: set[str], notes: list[str]) -> list[Found]:
+@dataclass
+class _Scope:
+    """What one graph sees: the graph after shape inference (its nodes align with the graph's),
+    and the types and constants of its tensors over those of its enclosing graphs (sibling
+    subgraphs may reuse a name for tensors of different shapes)."""
+
+    inferred: onnx.GraphProto
+    types: dict
+    constants: dict
+
+    def inner(self, k: int, node: onnx.NodeProto, attribute: str) -> _Scope:
+        """The scope of `node`'s subgraph `attribute`, `node` being the k-th node of this graph."""
+        twin = self.inferred.node[k] if k < len(self.inferred.node) else node
+        twin = twin if twin.op_type == node.op_type else node
+        sub = next(a.g for a in twin.attribute if a.name == attribute)
+        return _Scope(sub, {**self.types, **_graph_types(sub)}, {**self.constants, **graph_constants(sub)})
+
+
+def _expose_graph(
+    graph: onnx.GraphProto, scope: _Scope, carried: list, taken: set[str], notes: list[str]
+) -> list[Found]:
     """Expose every layer of `graph` and of its subgraphs; each layer's gates as tensors of `graph`,
     in graph order. New nodes go into `graph` itself."""
-    original, b, flow = list(graph.node), GraphBuilder(taken, "gate_reporter"), Dataflow(graph)
-    widths = lambda name: _last_dim(types, name)  # noqa: E731
+    original, b = list(graph.node), GraphBuilder(taken, "gate_reporter")
+    flow = Dataflow(graph, scope.constants)
+    dims = lambda name: scope.types.get(name, (None, None))[1]  # noqa: E731
     anchors = {id(node): k for k, node in enumerate(original)}
-    found = [(anchors[id(f.node)], f) for f in decomposed_layers(graph, carried, widths, b, notes)]
+    generic = not any(node.op_type in (*RECURRENT_OPS, *BRANCH_ATTRIBUTES) for node in original)
+    found = [(anchors[id(f.node)], f) for f in decomposed_layers(flow, carried, dims, b, notes, generic)]
     replacements = {}
     for k, node in enumerate(original):
         if node.op_type in RECURRENT_OPS and node.domain in ("", "ai.onnx"):
-            layer, replacements[id(node)] = _fused(node, types, taken)
+            layer, replacements[id(node)] = _fused(node, scope.types, taken)
             found.append((k, layer))
         for attribute in BRANCH_ATTRIBUTES.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
             sub = next(a.g for a in node.attribute if a.name == attribute)
             where = f"{node.op_type} {node.name or node.output[0]!r} {attribute}"
-            for layer in _expose_graph(sub, _carried_states(node, sub), types, taken, notes):
+            for layer in _expose_graph(sub, scope.inner(k, node, attribute), _carried_states(node, sub), taken, notes):
+                if node.op_type != "If" and any(level.startswith("If ") for level in layer.branch):
+                    notes.append(
+                        f"{layer.kind} layer at node {layer.node.name!r} not exposed: it sits in an If inside "
+                        f"{where}, whose iterations may take different branches"
+                    )
+                    continue
                 layer.gates = {
                     gate: lift_out_of(node, sub, tensor, layer.directions, layer.hidden_size, b)
                     for gate, tensor in layer.gates.items()
@@ -132,11 +164,6 @@ def _carried_states(node: onnx.NodeProto, sub: onnx.GraphProto) -> list[tuple[st
         scanned = next(a.i for a in node.attribute if a.name == "num_scan_inputs")
         return [(sub.input[k].name, sub.output[k].name) for k in range(len(node.input) - scanned)]
     return []
-
-
-def _last_dim(types: dict, name: str) -> int | None:
-    dims = types.get(name, (None, None))[1]
-    return dims[-1] if dims and isinstance(dims[-1], int) and dims[-1] > 0 else None
 
 
 def _layer(name: str, found: Found, outputs: dict[str, str]) -> Layer:
@@ -200,26 +227,31 @@ def _all_names(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def _known_types(model: onnx.ModelProto) -> dict[str, tuple[int | None, list | None]]:
-    """Element type and dims (ints, or None where symbolic) of every tensor shape inference knows."""
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model after shape inference (with data propagation: sizes computed from Shape, as a
+    legacy-exported chunk() has), or the model itself where inference fails."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)  # sizes computed from Shape (chunk)
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is a nicety here: unknown shapes are handled downstream
-        inferred = model
+        return model
+
+
+def _graph_types(graph: onnx.GraphProto) -> dict[str, tuple[int | None, list | None]]:
+    """Element type and dims (ints, or None where symbolic) of every tensor of one graph (not its
+    subgraphs) that shape inference knows."""
     known = {}
-    for graph in [inferred.graph, *_subgraphs(inferred.graph)]:
-        for init in graph.initializer:
-            known[init.name] = (init.data_type, list(init.dims))
-        for node in graph.node:
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                known[node.output[0]] = (node.attribute[0].t.data_type, list(node.attribute[0].t.dims))
-        for info in [*graph.input, *graph.value_info, *graph.output]:
-            if info.type.HasField("tensor_type"):
-                tensor = info.type.tensor_type
-                dims = (
-                    [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-                    if tensor.HasField("shape")
-                    else None
-                )
-                known.setdefault(info.name, (tensor.elem_type or None, dims))
+    for init in graph.initializer:
+        known[init.name] = (init.data_type, list(init.dims))
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            known[node.output[0]] = (node.attribute[0].t.data_type, list(node.attribute[0].t.dims))
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        if info.type.HasField("tensor_type"):
+            tensor = info.type.tensor_type
+            dims = (
+                [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+                if tensor.HasField("shape")
+                else None
+            )
+            known.setdefault(info.name, (tensor.elem_type or None, dims))
     return known

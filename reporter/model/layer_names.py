@@ -78,10 +78,11 @@ class LayerNamer:
 
     def _indexed(self, base: str, branch: list[str]) -> str:
         """ "rnn.l0", "rnn.l1": the k-th layer of one module (within one branch)."""
-        key = (base, " › ".join(branch))
+        alternatives = [level for level in branch if level.startswith("If ")]  # loops run in turn: a stack
+        key = (base, " › ".join(alternatives))
         k = self.per_module.setdefault(key, 0)
         self.per_module[key] = k + 1
         name = f"{base}.l{k}"
-        if name in self.used and branch:
-            name += "@" + ".".join(level.split()[-1].removesuffix("_branch") for level in branch)
+        if name in self.used and alternatives:
+            name += "@" + ".".join(level.split()[-1].removesuffix("_branch") for level in alternatives)
         return fresh_name(self.used, name)

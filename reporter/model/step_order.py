@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from reporter.model.cell_patterns import CellMatch, Dataflow
 
@@ -41,14 +40,19 @@ def time_order(flow: Dataflow, chain: list[CellMatch]) -> int:
 
 
 def _reads(flow: Dataflow, step: CellMatch) -> dict[str, int]:
-    """The slices a step reads: sliced tensor -> position, first selection on each path from its gates."""
+    """The slices a step reads, as sliced tensor -> position: every constant selection on the
+    paths from its gates back to its inputs, up to the state it carries in."""
     found = {}
 
+    previous = flow.root(step.previous) if step.previous else None
+
     def selection(current: str, node: onnx.NodeProto) -> bool:
+        if flow.root(current) == previous:
+            return True  # the carried state: what lies behind it belongs to earlier steps
         position = _selected(flow, node, current)
         if position is not None:
             found.setdefault(node.input[0], position)
-        return position is not None  # a path ends at its first selection
+        return False  # past a gate's own split lies the input slice the step reads
 
     starts = [flow.activation(gate).input[0] for gate in step.gates.values() if flow.activation(gate) is not None]
     for _ in flow.walk_back(starts, stop=selection):
@@ -61,7 +65,7 @@ def _selected(flow: Dataflow, node: onnx.NodeProto, output: str) -> int | None:
     if node.op_type == "Split":
         return list(node.output).index(output)
     if node.op_type in ("Gather", "Slice") and len(node.input) > 1 and node.input[1] in flow.constants:
-        values = numpy_helper.to_array(flow.constants[node.input[1]]).ravel()
+        values = flow.constants[node.input[1]].ravel()
         return int(values[0]) if values.size == 1 and values[0] >= 0 else None
     return None
 
@@ -74,7 +78,7 @@ def flipped(flow: Dataflow, name: str) -> bool:
     if node.op_type == "ReverseSequence":
         return True
     if node.op_type == "Slice" and len(node.input) > 4 and node.input[4] in flow.constants:
-        return bool(np.all(numpy_helper.to_array(flow.constants[node.input[4]]) < 0))
+        return bool(np.all(flow.constants[node.input[4]] < 0))
     return False
 
 

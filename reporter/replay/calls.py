@@ -9,7 +9,8 @@
                         batch of 1: each window is its own call
 
 Gate outputs ([batch, time, directions, hidden]) are joined along time across chunks and along
-the batch across windows; the model's own outputs gain a call axis (axis 1) across chunks, so
+the batch across windows (a layer in an If branch that only some of the calls took counts as not
+run for the batch: its traces cannot be joined); the model's own outputs gain a call axis (axis 1) across chunks, so
 per-step outputs stay [batch, time, …] and every later step reads them as it would.
 """
 
@@ -40,7 +41,16 @@ def _chunks(run: Call, feeds: Feeds, windows: np.ndarray, indices: np.ndarray | 
 
 def _along_calls(values: list[np.ndarray], gate: bool) -> np.ndarray:
     """A gate trace continues along time; a model output gains a call axis after the batch."""
-    return np.concatenate(values, axis=1) if gate else np.stack(values, axis=1)
+    return _joined(values, axis=1) if gate else np.stack(values, axis=1)
+
+
+def _joined(traces: list[np.ndarray], axis: int) -> np.ndarray:
+    """One gate's traces of several calls joined; a layer that did not run in some of the calls
+    (an If branch they did not take: batch 0) counts as not run for the whole batch."""
+    ran = [trace.shape[0] > 0 for trace in traces]
+    if any(ran) and not all(ran):
+        return np.zeros((0, 0, *traces[0].shape[2:]), np.float32)
+    return np.concatenate(traces, axis=axis)
 
 
 def _windows_one_by_one(
@@ -57,7 +67,10 @@ def _windows_one_by_one(
             parts.append({name: value if name in gates else value[None] for name, value in outputs.items()})
         else:
             parts.append(run(feeds.batch(windows[k : k + 1], part)))
-    return {name: np.concatenate([part[name] for part in parts], axis=0) for name in parts[0]}
+    return {
+        name: _joined([part[name] for part in parts], 0) if name in gates else np.concatenate([p[name] for p in parts])
+        for name in parts[0]
+    }
 
 
 def run_calls(run: Call, feeds: Feeds | None, windows: np.ndarray, indices: np.ndarray | None, gates: set[str]) -> dict:

@@ -55,8 +55,8 @@ def _curves(
     for layer in layers:
         for gate, kind in _STATE_GATES.items():
             name = layer.outputs.get(gate)
-            if name is None or base[name].shape[0] == 0:  # no such state, or the layer did not run (an If branch)
-                continue
+            if name is None or base[name].shape[0] == 0 or pushed[name].shape != base[name].shape:
+                continue  # no such state, or the layer did not run on both (an If branch)
             difference = pushed[name] - base[name]  # [B, T, D, H]
             for d, direction in enumerate(_directions(layer)):
                 by_step = _rms_by_step(difference[:, :, d])
