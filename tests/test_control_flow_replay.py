@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from reporter.cli import main
 from reporter.runstore import Run
 from tests import rnn_reference
+from tests.test_expose_control_flow import mystery_body
 
 N, T, I, H = 24, 9, 2, 3
 RNG = np.random.default_rng(21)
@@ -113,46 +114,21 @@ def test_the_pages_say_which_branch_ran(two_rate_model, tmp_path):
 
 
 def _generic_loop_model() -> onnx.ModelProto:
-    """X [B, T, I] → a Loop over time whose state update s' = σ(x·U + s·V)·tanh(s) + x·U is no known cell."""
+    """X [B, T, I] → a Loop over time whose body is no known cell (`mystery_body`)."""
     u, v = RNG.standard_normal((I, H)).astype(np.float32), RNG.standard_normal((H, H)).astype(np.float32)
-    body = helper.make_graph(
-        [
-            helper.make_node("Gather", ["x_time_major", "iteration"], ["x_t"], axis=0),
-            helper.make_node("MatMul", ["x_t", "U"], ["xu"]),
-            helper.make_node("MatMul", ["s_in", "V"], ["sv"]),
-            helper.make_node("Add", ["xu", "sv"], ["pre"]),
-            helper.make_node("Sigmoid", ["pre"], ["squash"], name="squash"),
-            helper.make_node("Tanh", ["s_in"], ["bent"], name="bend"),
-            helper.make_node("Mul", ["squash", "bent"], ["mixed"]),
-            helper.make_node("Add", ["mixed", "xu"], ["s_out"]),
-            helper.make_node("Identity", ["s_out"], ["s_step"]),
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("s_in", TensorProto.FLOAT, ["batch", H]),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("s_out", TensorProto.FLOAT, ["batch", H]),
-            helper.make_tensor_value_info("s_step", TensorProto.FLOAT, ["batch", H]),
-        ],
-    )
+    body = mystery_body("x_time_major", "batch", u, v)
     nodes = [
         helper.make_node("Transpose", ["x"], ["x_time_major"], perm=[1, 0, 2]),
         helper.make_node("Shape", ["x_time_major"], ["shape"]),
         helper.make_node("Gather", ["shape", "zero"], ["steps"]),
         helper.make_node("Gather", ["x_time_major", "zero"], ["x_first"], axis=0),
-        helper.make_node("MatMul", ["x_first", "U"], ["projected"]),
+        helper.make_node("MatMul", ["x_first", "U0"], ["projected"]),
         helper.make_node("Mul", ["projected", "nothing"], ["s0"]),  # zeros [B, H] for any batch
         helper.make_node("Loop", ["steps", "", "s0"], ["s_last", "states"], name="mystery", body=body),
         helper.make_node("Transpose", ["states"], ["y"], perm=[1, 0, 2]),
     ]
     inits = [
-        numpy_helper.from_array(u, "U"),
-        numpy_helper.from_array(v, "V"),
+        numpy_helper.from_array(u, "U0"),  # the body holds its own U and V
         numpy_helper.from_array(np.array(0, np.int64), "zero"),
         numpy_helper.from_array(np.array(0, np.float32), "nothing"),
     ]

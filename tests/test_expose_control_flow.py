@@ -5,6 +5,7 @@ and the model's own outputs to the unexposed model."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -138,12 +139,12 @@ def test_a_fused_node_in_a_loop_body_gives_one_trace_along_the_loops_steps():
         assert np.abs(got[name] - want[gate]).max() <= ATOL, gate
 
 
-def _generic_model():
-    """A Loop body whose state update is no known cell: s' = σ(x·U + s·V) · tanh(s) + x·U."""
-    u = RNG.standard_normal((I, H)).astype(np.float32)
-    v = RNG.standard_normal((H, H)).astype(np.float32)
-    body_nodes = [
-        helper.make_node("Gather", ["X", "iteration"], ["x_t"], axis=0),
+def mystery_body(x: str, batch, u: np.ndarray, v: np.ndarray) -> onnx.GraphProto:
+    """A Loop body over x [time, batch, features] whose state update is no known cell:
+    s' = σ(x·U + s·V) · tanh(s) + x·U, its steps scanned out as `s_step`."""
+    hidden = v.shape[0]
+    nodes = [
+        helper.make_node("Gather", [x, "iteration"], ["x_t"], axis=0),
         helper.make_node("MatMul", ["x_t", "U"], ["xu"]),
         helper.make_node("MatMul", ["s_in", "V"], ["sv"]),
         helper.make_node("Add", ["xu", "sv"], ["pre"]),
@@ -151,17 +152,26 @@ def _generic_model():
         helper.make_node("Tanh", ["s_in"], ["bent"], name="bend"),
         helper.make_node("Mul", ["squash", "bent"], ["mixed"]),
         helper.make_node("Add", ["mixed", "xu"], ["s_out"]),
+        helper.make_node("Identity", ["s_out"], ["s_step"]),
         helper.make_node("Identity", ["cond_in"], ["cond_out"]),
     ]
-    body = helper.make_graph(
-        body_nodes,
+    state = [batch, hidden]
+    return helper.make_graph(
+        nodes,
         "body",
-        [_value("iteration", [], TensorProto.INT64), _value("cond_in", [], TensorProto.BOOL), _value("s_in", [B, H])],
-        [_value("cond_out", [], TensorProto.BOOL), _value("s_out", [B, H]), _value("s_out_step", [B, H])],
+        [_value("iteration", [], TensorProto.INT64), _value("cond_in", [], TensorProto.BOOL), _value("s_in", state)],
+        [_value("cond_out", [], TensorProto.BOOL), _value("s_out", state), _value("s_step", state)],
         [numpy_helper.from_array(u, "U"), numpy_helper.from_array(v, "V")],
     )
-    body.node.append(helper.make_node("Identity", ["s_out"], ["s_out_step"]))
-    outer = [helper.make_node("Loop", ["steps", "", "s0"], ["s_last", "S"], name="mystery", body=body)]
+
+
+def _generic_model():
+    """The mystery body in a Loop over X [T, B, I]."""
+    u = RNG.standard_normal((I, H)).astype(np.float32)
+    v = RNG.standard_normal((H, H)).astype(np.float32)
+    outer = [
+        helper.make_node("Loop", ["steps", "", "s0"], ["s_last", "S"], name="mystery", body=mystery_body("X", B, u, v))
+    ]
     inits = [
         numpy_helper.from_array(np.zeros((B, H), np.float32), "s0"),
         numpy_helper.from_array(np.array(T, np.int64), "steps"),
