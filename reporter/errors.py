@@ -5,6 +5,7 @@
      ├── ExportError              a torch module cannot be exported to ONNX
      ├── ModelError               an ONNX model that gate exposure cannot honour
      ├── WindowsFileError         stored input windows that are unreadable or do not fit the model
+     ├── VocabError               a vocabulary file that cannot be read as id → token
      ├── ConfigError              reporter.toml is malformed or names something unknown
      ├── RunError                 a run directory is missing, incomplete, corrupt or too new
      └── OutputError              an output path that cannot be written
@@ -21,6 +22,7 @@ __all__ = [
     "ExportError",
     "ModelError",
     "WindowsFileError",
+    "VocabError",
     "ConfigError",
     "RunError",
     "OutputError",
@@ -45,6 +47,10 @@ class ModelError(ReporterError):
 
 class WindowsFileError(ReporterError):
     """Stored input windows are unreadable or do not fit the model."""
+
+
+class VocabError(ReporterError):
+    """A vocabulary file cannot be read as id → token (or needs a library that is not installed)."""
 
 
 class ConfigError(ReporterError):

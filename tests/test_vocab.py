@@ -1,0 +1,104 @@
+"""Vocabularies as users have them, read as id → the text each token prints."""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+import pytest
+
+from reporter.errors import VocabError
+from reporter.vocab import load_vocab, token_text
+
+
+def _write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_a_json_list_is_id_to_token_as_the_sample_vocab_is(tmp_path):
+    assert load_vocab(_write(tmp_path, "vocab.json", [" ", "a", "\n", '"'])) == [" ", "a", "\n", '"']
+
+
+def test_a_json_object_is_token_to_id_and_a_skipped_id_reads_as_itself(tmp_path):
+    path = _write(tmp_path, "vocab.json", {"the": 0, "cat": 1, "sat": 3})
+    assert load_vocab(path) == ["the", "cat", "<id 2>", "sat"]
+
+
+def test_a_byte_level_bpe_tokenizer_json_prints_spaces_newlines_and_utf8(tmp_path):
+    """GPT-2's alphabet: "Ġ" is a space, "Ċ" a newline, "Ã©" the two bytes of "é"."""
+    data = {
+        "model": {"type": "BPE", "vocab": {"hello": 0, "Ġworld": 1, "Ċ": 2, "cafÃ©": 3}, "merges": []},
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False},
+        "added_tokens": [{"id": 4, "content": "<|endoftext|>", "special": True}],
+    }
+    assert load_vocab(_write(tmp_path, "tokenizer.json", data)) == ["hello", " world", "\n", "café", "<|endoftext|>"]
+
+
+def test_a_unigram_tokenizer_json_reads_its_scored_list_and_metaspace(tmp_path):
+    data = {
+        "model": {"type": "Unigram", "vocab": [["<unk>", 0.0], ["\u2581the", -1.5], ["s", -2.0]]},
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581"},
+    }
+    assert load_vocab(_write(tmp_path, "tokenizer.json", data)) == ["<unk>", " the", "s"]
+
+
+def test_a_byte_level_decoder_inside_a_sequence_counts_too(tmp_path):
+    data = {
+        "model": {"type": "BPE", "vocab": {"Ġa": 0}},
+        "decoder": {"type": "Sequence", "decoders": [{"type": "ByteLevel"}]},
+    }
+    assert load_vocab(_write(tmp_path, "tokenizer.json", data)) == [" a"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{", "not a readable JSON vocabulary"),
+        ("[1, 2]", "a JSON list vocabulary holds one string per id"),
+        ('{"a": -1}', "token 'a' has id -1, not a non-negative integer"),
+        ('{"a": 0, "b": 0}', "id 0 names two tokens, 'a' and 'b'"),
+        ("{}", "the vocabulary is empty"),
+        ('"tokens"', "expected a JSON list (id → token) or object (token → id), got str"),
+        ('{"model": {"type": "WordLevel"}}', "tokenizer.json model 'WordLevel' has no vocab this reader knows"),
+    ],
+)
+def test_a_file_that_is_no_vocabulary_is_one_line_naming_it(tmp_path, content, message):
+    path = tmp_path / "vocab.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(VocabError) as caught:
+        load_vocab(path)
+    assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_missing_file_says_so(tmp_path):
+    with pytest.raises(VocabError, match="no such vocabulary file"):
+        load_vocab(tmp_path / "nowhere.json")
+
+
+def test_a_sentencepiece_model_without_the_library_says_what_to_install(tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_sentencepiece(name, *args, **kwargs):
+        if name == "sentencepiece":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sentencepiece)
+    path = tmp_path / "spm.model"
+    path.write_bytes(b"\x00")
+    with pytest.raises(VocabError, match="install sentencepiece to read it"):
+        load_vocab(path)
+
+
+def test_ids_outside_the_vocabulary_read_as_themselves_rather_than_failing_a_page():
+    assert token_text([0, 2, 5, -1], ["a", "b", "c"]) == ["a", "c", "<id 5>", "<id -1>"]
+
+
+def test_the_sample_character_models_vocabulary_reads_as_its_characters():
+    from tests.conftest import ROOT
+
+    vocab = load_vocab(ROOT / "sample_models" / "charlm" / "vocab.json")
+    assert vocab[:3] == [" ", "!", '"'] and "\n" in vocab
