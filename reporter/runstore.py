@@ -13,6 +13,7 @@
       outputs.npz            each model output's last step, per window (for output drift in diffs)
       timings.json           the replay's measured speed: the one file two replays of the same
                              inputs write differently (so it is kept out of run.json and the pages)
+      vocab.json             token models replayed with --vocab: id → the text it prints, a JSON list
 
 A run is written into a hidden sibling folder and renamed into place (`reporter.atomic`), so a
 failed or interrupted replay leaves the previous run intact. Files are written deterministically
@@ -68,6 +69,7 @@ class Run:
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     path: Path | None = None
     timings: dict = field(default_factory=dict)  # measured, so different in every replay: timings.json
+    vocab: list[str] | None = None  # token id -> text (`reporter.vocab`), so pages show text: vocab.json
 
     @property
     def name(self) -> str:
@@ -86,6 +88,8 @@ class Run:
                 _write_npz(getattr(self, arrays), staging / f"{arrays}.npz")
             if self.timings:
                 (staging / "timings.json").write_text(_json(self.timings), encoding="utf-8")
+            if self.vocab is not None:
+                (staging / "vocab.json").write_text(_json(self.vocab), encoding="utf-8")
         self.path = path
         return path
 
@@ -108,7 +112,21 @@ class Run:
         if not tables["window_scores"][["window", "anomaly_score", "rank"]].apply(pd.api.types.is_numeric_dtype).all():
             raise RunError(f"{path / 'window_scores.parquet'}: window, anomaly_score and rank must be numbers")
         arrays = {name: _read_npz(path / f"{name}.npz") for name in ARRAYS}
-        return cls(meta, layers, **tables, **arrays, path=path, timings=_read_timings(path / "timings.json"))
+        timings, vocab = _read_timings(path / "timings.json"), _read_vocab(path / "vocab.json")
+        return cls(meta, layers, **tables, **arrays, path=path, timings=timings, vocab=vocab)
+
+
+def _read_vocab(path: Path) -> list[str] | None:
+    """vocab.json: the run's token vocabulary, a JSON list of strings (absent for float models)."""
+    if not path.exists():
+        return None
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path}: unreadable vocabulary ({exc})") from None
+    if not isinstance(vocab, list) or not all(isinstance(token, str) for token in vocab):
+        raise RunError(f"{path}: a run's vocabulary is a JSON list of strings")
+    return vocab
 
 
 def _read_timings(path: Path) -> dict:

@@ -117,6 +117,7 @@ def saved_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz-run") / "run"
     run = _run()
     run.timings = {"replay_seconds": 1.5, "windows_per_second": 200.0}
+    run.vocab = [" ", "a", "\n", '"']
     run.save(folder)
     assert sorted(path.name for path in folder.iterdir()) == sorted(RUN_FILES)  # every file is fuzzed
     return folder
@@ -126,6 +127,7 @@ RUN_FILES = [
     "run.json",
     "layers.json",
     "timings.json",
+    "vocab.json",
     *(f"{t}.parquet" for t in TABLES),
     *(f"{a}.npz" for a in ARRAYS),
 ]

@@ -6,6 +6,7 @@ import builtins
 import json
 
 import pytest
+from markupsafe import escape
 
 from reporter.errors import VocabError
 from reporter.vocab import load_vocab, token_text
@@ -102,3 +103,62 @@ def test_the_sample_character_models_vocabulary_reads_as_its_characters():
 
     vocab = load_vocab(ROOT / "sample_models" / "charlm" / "vocab.json")
     assert vocab[:3] == [" ", "!", '"'] and "\n" in vocab
+
+
+def test_a_run_keeps_its_vocabulary_byte_identically_and_refuses_a_damaged_one(tmp_path):
+    from reporter.errors import RunError
+    from reporter.runstore import Run
+    from tests.test_runstore import _files, _run
+
+    run = _run()
+    run.vocab = [" ", "a", "\n", "<id 3>"]
+    run.save(tmp_path / "a")
+    loaded = Run.load(tmp_path / "a")
+    assert loaded.vocab == run.vocab
+    loaded.save(tmp_path / "b")
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert Run.load(tmp_path / "a").vocab is not None and _run().vocab is None
+    (tmp_path / "a" / "vocab.json").write_text('{"a": 0}', encoding="utf-8")
+    with pytest.raises(RunError, match="vocab.json: a run's vocabulary is a JSON list of strings"):
+        Run.load(tmp_path / "a")
+
+
+def test_replay_with_a_vocabulary_shows_the_character_models_windows_as_text(tmp_path):
+    """The sample character model, replayed with its vocab.json: the window pages show the text."""
+    from reporter.cli import main
+    from reporter.runstore import Run
+    from tests.conftest import ROOT
+
+    charlm = ROOT / "sample_models" / "charlm"
+    args = ["replay", str(charlm / "v1.pt"), "--factory", "sample_models.charlm.model:build", "--windows"]
+    args += [str(charlm / "windows.npz"), "--kwargs", '{"vocab": 98, "embedding": 32, "hidden": 128, "layers": 2}']
+    assert main([*args, "--vocab", str(charlm / "vocab.json"), "-o", str(tmp_path / "run"), "--provider", "cpu"]) == 0
+    run = Run.load(tmp_path / "run")
+    assert run.vocab == load_vocab(charlm / "vocab.json") and run.meta["vocab"]["tokens"] == len(run.vocab)
+    assert main(["build", "--runs", str(tmp_path / "run"), "-o", str(tmp_path / "site")]) == 0
+    window = int(run.traces["window"][0])
+    page = next((tmp_path / "site").rglob(f"w{window}.html")).read_text(encoding="utf-8")
+    tokens = token_text(run.traces["x"][0], run.vocab)
+    assert "".join(f"<span>{escape(token)}</span>" for token in tokens) in page  # escaped as Jinja escapes
+    assert len("".join(tokens)) == run.traces["x"].shape[1]  # one character per token
+
+
+def test_replay_with_a_broken_vocabulary_is_exit_2_and_one_line_before_any_replay(tmp_path, capsys):
+    from reporter.cli import main
+    from tests.conftest import ROOT
+
+    (tmp_path / "vocab.json").write_text("[1, 2]", encoding="utf-8")
+    charlm = ROOT / "sample_models" / "charlm"
+    args = ["replay", str(charlm / "v1.pt"), "--factory", "sample_models.charlm.model:build"]
+    args += [
+        "--windows",
+        str(charlm / "windows.npz"),
+        "--vocab",
+        str(tmp_path / "vocab.json"),
+        "-o",
+        str(tmp_path / "r"),
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"{tmp_path / 'vocab.json'}: a JSON list vocabulary holds one string per id")
+    assert not (tmp_path / "r").exists()

@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a streaming model's state: windows are [N, T, …one call's input…], the model is called T times and "
         "output OUT is fed back to input IN (repeatable; detected from paired names like state/stateN)",
     )
+    replay.add_argument(
+        "--vocab",
+        type=Path,
+        help="a token model's vocabulary, so its windows read as text: a JSON list (id → token), a JSON object "
+        "(token → id), a Hugging Face tokenizer.json, or a SentencePiece .model",
+    )
     replay.add_argument("--window", type=positive, help="steps per window, for .parquet/.csv tables")
     replay.add_argument("--stride", type=positive, help="steps between window starts in a table (default --window)")
     replay.add_argument("--columns", help="comma-separated table columns to use as features (default: all numeric)")

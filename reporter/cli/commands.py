@@ -136,9 +136,11 @@ def run_replay(args: argparse.Namespace) -> int:
     from reporter.replay.feeds import parse_feeds, plan_feeds, windows_key
     from reporter.replay.windows import open_windows_source
     from reporter.runstore import Run
+    from reporter.vocab import load_vocab
 
     check_output_dir(args.output)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    vocab = load_vocab(args.vocab) if args.vocab else None  # a bad vocabulary fails before any replay
     reference = Run.load(args.reference) if args.reference else None
     constant, carry = parse_feeds(args.feed), parse_carry(args.carry)
     recipe = _recipe(args)
@@ -165,6 +167,9 @@ def run_replay(args: argparse.Namespace) -> int:
         dask=args.dask,
     )
     run = make_run(model, source, settings, reference, say, feeds)
+    if vocab is not None:
+        run.vocab = vocab
+        run.meta["vocab"] = {"file": args.vocab.name, "sha256": file_sha256(args.vocab), "tokens": len(vocab)}
     run.save(args.output)
     count = int(flagged(run.window_scores["anomaly_score"].to_numpy()).sum())
     print(

@@ -22,6 +22,7 @@ from reporter.replay.anomaly import explain_window, flag_threshold, flagged, typ
 from reporter.replay.impulse import impulse_summary
 from reporter.report.numbers import number
 from reporter.runstore import Run
+from reporter.vocab import token_text
 
 __all__ = ["DiffView", "RunView", "WindowView", "diff_view", "gather_site", "unit_table"]
 
@@ -58,6 +59,7 @@ class WindowView:
     x: np.ndarray  # the window's input, [T, F] or token ids [T]
     traces: dict[str, dict[str, np.ndarray]]  # layer -> gate -> [T, D, H], gates in the op's order; ran layers only
     explained: pd.DataFrame  # layer × gate × step: value, typical value, deviation
+    text: list[str] | None = None  # a token window's tokens as text, when the run has a vocabulary
 
 
 @dataclass(frozen=True)
@@ -212,9 +214,17 @@ def _windows(run: Run, flags: np.ndarray) -> list[WindowView]:
                 run.traces["x"][position],
                 traces,
                 explained,
+                _text(run, run.traces["x"][position]),
             )
         )
     return views
+
+
+def _text(run: Run, x: np.ndarray) -> list[str] | None:
+    """A token window's tokens as the text they print (`reporter.vocab`), if the run has a vocabulary."""
+    if run.vocab is None or x.dtype.kind not in "iu" or x.ndim != 1:
+        return None
+    return token_text(x, run.vocab)
 
 
 def _top(run: Run, sampled: set[int]) -> list[dict]:
