@@ -10,6 +10,7 @@
     factory_kwargs = { … }        windows = "….npz"          baseline = "v1"
     feed = { sr = 16000, h = "zeros" }   # model inputs fed the same for every window
     carry = { state = "stateN" }         # a streaming model's state, fed back call after call
+    vocab = "vocab.json"                 # a token model's vocabulary: its windows read as text
 
     [check]                       # thresholds for `gate-report check` and the diff pages
     saturation_delta = 0.1        wasserstein = 0.05   anomaly_rate_delta = 0.05   output_drift = 0.1
@@ -42,6 +43,7 @@ _RUN_KEYS = {
     "trust_pickle",
     "feed",
     "carry",
+    "vocab",
 }
 _REQUIRED_RUN_KEYS = ("model", "version", "checkpoint", "windows")
 
@@ -60,6 +62,7 @@ class RunConfig:
     trust_pickle: bool = False
     feed: dict = field(default_factory=dict)  # input name -> a number, a list, "zeros" or a .npy path (relative)
     carry: dict | None = None  # state input -> the output fed back to it (None: detected)
+    vocab: Path | None = None  # a token model's vocabulary (`reporter.vocab`): its windows read as text
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ def _run(path: Path, index: int, table: dict) -> RunConfig:
     if not isinstance(feed, dict) or not all(isinstance(value, (int, float, str, list)) for value in feed.values()):
         raise ConfigError(f'{path}: {where}.feed must be a table of input = a number, a list, "zeros" or a .npy path')
     base = path.parent
+    vocab = _string(path, where, table, "vocab")
     return RunConfig(
         model=values["model"],
         version=values["version"],
@@ -122,6 +126,7 @@ def _run(path: Path, index: int, table: dict) -> RunConfig:
         baseline=_string(path, where, table, "baseline"),
         trust_pickle=trust,
         carry=carry,
+        vocab=base / vocab if vocab else None,
         feed={
             name: str(base / value) if isinstance(value, str) and value.endswith(".npy") else value
             for name, value in feed.items()

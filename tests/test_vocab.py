@@ -162,3 +162,27 @@ def test_replay_with_a_broken_vocabulary_is_exit_2_and_one_line_before_any_repla
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith(f"{tmp_path / 'vocab.json'}: a JSON list vocabulary holds one string per id")
     assert not (tmp_path / "r").exists()
+
+
+def test_the_sample_sites_character_model_carries_its_vocabulary_from_the_config(sample_runs):
+    from tests.conftest import ROOT
+
+    run = sample_runs[("charlm", "v1")]
+    assert run.vocab == load_vocab(ROOT / "sample_models" / "charlm" / "vocab.json")
+    assert run.meta["vocab"]["file"] == "vocab.json"
+    assert sample_runs[("forecaster", "v1")].vocab is None
+
+
+def test_a_config_names_a_vocabulary_relative_to_itself_and_a_bad_one_fails_before_replay(tmp_path):
+    from reporter.config import load_config
+    from reporter.pipeline.run_cache import cached_run
+
+    (tmp_path / "vocab.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "reporter.toml").write_text(
+        '[[runs]]\nmodel = "m"\nversion = "v1"\ncheckpoint = "m.pt"\nwindows = "w.npy"\nvocab = "vocab.json"\n',
+        encoding="utf-8",
+    )
+    (run,) = load_config(tmp_path / "reporter.toml").runs
+    assert run.vocab == tmp_path / "vocab.json"
+    with pytest.raises(VocabError, match="vocab.json: the vocabulary is empty"):
+        cached_run(run, tmp_path / "runs")  # m.pt does not exist: the vocabulary is read first

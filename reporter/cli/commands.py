@@ -128,7 +128,7 @@ def run_bench(args: argparse.Namespace) -> int:
 def run_replay(args: argparse.Namespace) -> int:
     """Replay a model over stored windows and write a run directory (atomically)."""
     from reporter.atomic import check_output_dir
-    from reporter.pipeline.make_run import RunSettings, make_run
+    from reporter.pipeline.make_run import RunSettings, make_run, with_vocab
     from reporter.pipeline.model_source import exposed_model, input_names
     from reporter.provenance import file_sha256
     from reporter.replay.anomaly import flagged
@@ -168,8 +168,7 @@ def run_replay(args: argparse.Namespace) -> int:
     )
     run = make_run(model, source, settings, reference, say, feeds)
     if vocab is not None:
-        run.vocab = vocab
-        run.meta["vocab"] = {"file": args.vocab.name, "sha256": file_sha256(args.vocab), "tokens": len(vocab)}
+        with_vocab(run, args.vocab, vocab)
     run.save(args.output)
     count = int(flagged(run.window_scores["anomaly_score"].to_numpy()).sum())
     print(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ import pandas as pd
 from reporter.errors import RunError
 from reporter.layers import gate_order
 from reporter.pipeline.model_source import ModelSource
-from reporter.provenance import made_at, package_versions
+from reporter.provenance import file_sha256, made_at, package_versions
 from reporter.replay.anomaly import explain_window, feature_names, score_windows, typical_from_timestep_stats
 from reporter.replay.feeds import Feeds, plan_feeds
 from reporter.replay.gate_moments import StatsConfig
@@ -30,7 +31,7 @@ from reporter.replay.sessions import choose_provider
 from reporter.replay.windows import WindowSource
 from reporter.runstore import SCHEMA_VERSION, Run
 
-__all__ = ["RunSettings", "make_run", "sample_windows"]
+__all__ = ["RunSettings", "make_run", "sample_windows", "with_vocab"]
 
 
 @dataclass(frozen=True)
@@ -236,3 +237,11 @@ def make_run(
         outputs=result.outputs,
         timings={"replay_seconds": round(result.seconds, 3), "windows_per_second": round(result.windows_per_second, 1)},
     )
+
+
+def with_vocab(run: Run, path: Path, vocab: list[str]) -> Run:
+    """Give a run its token vocabulary (read by `reporter.vocab.load_vocab` from `path`), recorded
+    in run.json by file name, sha256 and size, so that its pages show token windows as text."""
+    run.vocab = vocab
+    run.meta["vocab"] = {"file": Path(path).name, "sha256": file_sha256(path), "tokens": len(vocab)}
+    return run

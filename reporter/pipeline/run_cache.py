@@ -1,7 +1,7 @@
 """Reuse a configured run's replay while its checkpoint, windows and settings are unchanged.
 
-The cache key hashes everything that shapes a run: the checkpoint's and windows' sha256, the
-factory and its arguments, the model's name and version, the run settings, and the versions of
+The cache key hashes everything that shapes a run: the checkpoint's, windows' and vocabulary's
+sha256, the factory and its arguments, the model's name and version, the run settings, and the versions of
 Gate Reporter and the run schema. A run directory `CACHE/<model>-<version>-<key>` whose
 `run.json` carries that key is loaded instead of replayed; anything else is replayed and saved
 (atomically, by `Run.save`). Old entries of the same model and version are removed after.
@@ -21,12 +21,13 @@ from pathlib import Path
 from reporter.config import RunConfig
 from reporter.errors import RunError
 from reporter.names import slug
-from reporter.pipeline.make_run import RunSettings, make_run
+from reporter.pipeline.make_run import RunSettings, make_run, with_vocab
 from reporter.pipeline.model_source import ModelRecipe, exposed_model, input_names
 from reporter.provenance import file_sha256
 from reporter.replay.feeds import feed_value, plan_feeds, windows_key
 from reporter.replay.windows import open_windows_source
 from reporter.runstore import SCHEMA_VERSION, Run
+from reporter.vocab import load_vocab
 
 __all__ = ["cache_key", "cached_run"]
 
@@ -47,6 +48,7 @@ def cache_key(run: RunConfig, settings: RunSettings) -> str:
         "factory_kwargs": run.factory_kwargs,
         "feed": {name: _feed_identity(value) for name, value in run.feed.items()},
         "carry": run.carry,
+        "vocab": file_sha256(run.vocab) if run.vocab else None,
         "model": run.model,
         "version": run.version,
         "settings": {key: str(value) for key, value in asdict(settings).items()},
@@ -59,6 +61,7 @@ def cache_key(run: RunConfig, settings: RunSettings) -> str:
 def cached_run(run: RunConfig, cache: Path, say: Callable[[str], None] = lambda line: None) -> Run:
     """The run for a configured model version: from the cache when still valid, else replayed now."""
     settings = RunSettings(model=run.model, version=run.version)
+    vocab = load_vocab(run.vocab) if run.vocab else None  # a bad vocabulary fails before any replay
     key = cache_key(run, settings)
     prefix = f"{slug(run.model)}-{slug(run.version)}-"
     folder = cache / f"{prefix}{key[:16]}"
@@ -79,6 +82,8 @@ def cached_run(run: RunConfig, cache: Path, say: Callable[[str], None] = lambda 
     constant = {name: feed_value(name, value) for name, value in run.feed.items()}
     made = make_run(model, source, settings, None, say, plan_feeds(model.exposed, source, constant, run.carry, say))
     made.meta["cache_key"] = key
+    if vocab is not None:
+        with_vocab(made, run.vocab, vocab)
     cache.mkdir(parents=True, exist_ok=True)
     made.save(folder)
     for stale in cache.glob(f"{prefix}*"):
