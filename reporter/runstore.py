@@ -13,6 +13,8 @@
       outputs.npz            each model output's last step, per window (for output drift in diffs)
       timings.json           the replay's measured speed: the one file two replays of the same
                              inputs write differently (so it is kept out of run.json and the pages)
+      unit_extremes.parquet  per unit of h: the windows where it is most on and off, step, context
+      unit_hypotheses.parquet per unit: the habits that explain it (`reporter.replay.unit_tracks`)
       vocab.json             token models replayed with --vocab: id → the text it prints, a JSON list
 
 A run is written into a hidden sibling folder and renamed into place (`reporter.atomic`), so a
@@ -39,19 +41,22 @@ from reporter.atomic import staging_dir
 from reporter.errors import RunError
 from reporter.layers import Layer, layers_from_json, layers_to_json
 from reporter.replay.stats import GATE_STATS_COLUMNS, TIMESTEP_STATS_COLUMNS
+from reporter.replay.unit_tracks import EXTREMES_COLUMNS, HYPOTHESES_COLUMNS
 
-__all__ = ["ARRAYS", "Run", "SCHEMA_VERSION", "TABLES"]
+__all__ = ["ARRAYS", "Run", "SCHEMA_VERSION", "TABLES", "UNIT_TABLES"]
 
 SCHEMA_VERSION = 1
 TABLES = ("gate_stats", "timestep_stats", "window_scores", "explanations", "impulse")
 ARRAYS = ("traces", "outputs")
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+UNIT_TABLES = ("unit_extremes", "unit_hypotheses")  # absent in runs made before units were tracked
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold: no build time leaks in
 _REQUIRED_COLUMNS = {
     "gate_stats": GATE_STATS_COLUMNS,
     "timestep_stats": TIMESTEP_STATS_COLUMNS,
     "window_scores": ("window", "anomaly_score", "rank"),
     "impulse": ("target", "lag", "response"),
-}  # the earliest date a zip entry can hold: no build time leaks in
+}
+_UNIT_COLUMNS = {"unit_extremes": EXTREMES_COLUMNS, "unit_hypotheses": HYPOTHESES_COLUMNS}
 
 
 @dataclass
@@ -70,6 +75,8 @@ class Run:
     path: Path | None = None
     timings: dict = field(default_factory=dict)  # measured, so different in every replay: timings.json
     vocab: list[str] | None = None  # token id -> text (`reporter.vocab`), so pages show text: vocab.json
+    unit_extremes: pd.DataFrame = field(default_factory=pd.DataFrame)  # `replay.unit_tracks`
+    unit_hypotheses: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def name(self) -> str:
@@ -83,6 +90,8 @@ class Run:
             (staging / "run.json").write_text(_json(self.meta), encoding="utf-8")
             (staging / "layers.json").write_text(layers_to_json(self.layers), encoding="utf-8")
             for table in TABLES:
+                _write_parquet(getattr(self, table), staging / f"{table}.parquet")
+            for table in UNIT_TABLES:
                 _write_parquet(getattr(self, table), staging / f"{table}.parquet")
             for arrays in ARRAYS:
                 _write_npz(getattr(self, arrays), staging / f"{arrays}.npz")
@@ -112,8 +121,17 @@ class Run:
         if not tables["window_scores"][["window", "anomaly_score", "rank"]].apply(pd.api.types.is_numeric_dtype).all():
             raise RunError(f"{path / 'window_scores.parquet'}: window, anomaly_score and rank must be numbers")
         arrays = {name: _read_npz(path / f"{name}.npz") for name in ARRAYS}
+        units = {
+            table: _read_parquet(path / f"{table}.parquet")
+            for table in UNIT_TABLES
+            if (path / f"{table}.parquet").exists()
+        }
+        for table, frame in units.items():
+            missing = [column for column in _UNIT_COLUMNS[table] if column not in frame.columns]
+            if missing and len(frame):
+                raise RunError(f"{path / (table + '.parquet')}: lacks the columns {', '.join(missing)}")
         timings, vocab = _read_timings(path / "timings.json"), _read_vocab(path / "vocab.json")
-        return cls(meta, layers, **tables, **arrays, path=path, timings=timings, vocab=vocab)
+        return cls(meta, layers, **tables, **arrays, **units, path=path, timings=timings, vocab=vocab)
 
 
 def _read_vocab(path: Path) -> list[str] | None:

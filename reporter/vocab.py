@@ -21,7 +21,7 @@ from pathlib import Path
 
 from reporter.errors import VocabError
 
-__all__ = ["load_vocab", "token_text"]
+__all__ = ["load_vocab", "shown", "token_text"]
 
 _METASPACE = "\u2581"  # SentencePiece's "▁": a space before the word
 
@@ -125,3 +125,8 @@ def _sentencepiece(path: Path) -> list[str]:
 def token_text(ids, vocab: list[str]) -> list[str]:
     """Each id's text; an id outside the vocabulary reads "<id k>" rather than failing a page."""
     return [vocab[k] if 0 <= k < len(vocab) else f"<id {k}>" for k in (int(i) for i in ids)]
+
+
+def shown(text: str) -> str:
+    """Text with its whitespace made visible, as a table or a description quotes a token."""
+    return text.replace("\n", "↵").replace("\t", "⇥").replace(" ", "␣") or "∅"

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import markupsafe
+import numpy as np
 import pytest
 
 from reporter.config import load_config
@@ -266,4 +267,77 @@ def test_the_checks_catch_requests_leaving_the_site_and_console_errors(browser, 
     assert any(url.startswith("http://example.com") for url in tab.outside)
     assert any(url.endswith("/outside.js") for url in tab.outside)  # a file outside the site folder counts too
     assert any("broken" in problem for problem in tab.problems)
+    tab.close()
+
+
+SELECT_STEPS = """([first, last]) => {
+  const spans = document.querySelectorAll('#cell-picked span[data-t]');
+  const range = document.createRange();
+  range.setStart(spans[first].firstChild, 0);
+  range.setEnd(spans[last].firstChild, spans[last].firstChild.length);
+  const selection = window.getSelection();
+  selection.removeAllRanges();
+  selection.addRange(range);
+  document.getElementById('cell-view').dispatchEvent(new MouseEvent('mouseup', {bubbles: true}));
+  return window.__cells;
+}"""
+
+
+def _best_match(run, layer: str, window: int, first: int, last: int, on: float) -> float:
+    """The oracle for "find similar": the best Jaccard similarity, over every span of every sampled
+    window (but the selection itself), between the units on throughout it and throughout the selection."""
+    windows = [int(w) for w in run.traces["window"]]
+    bits = run.traces[f"{layer}/h"].astype(np.float32).reshape(len(windows), -1, run.layers[0].hidden_size) > on
+    length = last - first + 1
+    query = bits[windows.index(window), first : last + 1].all(axis=0)
+    best = 0.0
+    for k, other in enumerate(windows):
+        for start in range(bits.shape[1] - length + 1):
+            if other == window and start <= last and start + length - 1 >= first:
+                continue
+            there = bits[k, start : start + length].all(axis=0)
+            if (query & there).any():
+                best = max(best, (query & there).sum() / (query | there).sum())
+    return best
+
+
+def test_cell_view_colours_the_text_by_the_picked_unit_and_finds_similar_spans(
+    browser, sample_site, sample_runs, artifacts
+):
+    run = sample_runs[("charlm", "v1")]
+    window, layer = int(run.traces["window"][0]), run.layers[0]
+    steps = run.traces["x"].shape[1]
+    tab = Tab(browser, sample_site)
+    tab.open(sample_site / "runs" / "charlm-v1" / f"w{window}.html")
+    page = tab.page
+    assert page.locator("#cell-picked span[data-t]").count() == steps
+    assert page.locator("#cell-top .cell-row").count() == 8
+    assert page.locator("#cell-top span[data-t]").count() == 8 * steps
+    assert page.locator("#cell-unit option").count() == layer.hidden_size  # the picker covers every unit
+    colours = lambda: page.eval_on_selector_all("#cell-picked span[data-t]", "s => s.map(e => e.style.background)")  # noqa: E731
+    before = colours()
+    assert len(set(before)) > 10  # coloured by value, not one flat colour
+    page.select_option("#cell-unit", "5")
+    after = colours()
+    assert after != before and page.inner_text("#cell-picked-label").startswith("unit 5")
+    page.select_option("#cell-gate", "f")
+    assert page.inner_text("#cell-picked-label") == "unit 5 · f" and colours() != after
+    assert "↵" in page.inner_text("#cell-picked")  # newlines are visible
+    # a span where some unit's h is on throughout, chosen from the stored traces
+    on = run.meta["unit_tracks"]["on"]
+    h = run.traces[f"{layer.name}/h"][0].astype(np.float32).reshape(steps, -1) > on
+    first = next(t for t in range(steps - 3) if h[t : t + 3].all(axis=0).any())
+    state = page.evaluate(SELECT_STEPS, [first, first + 2])
+    shared = int(h[first : first + 3].all(axis=0).sum())
+    verb = "units" if shared > 1 else "unit", "have" if shared > 1 else "has"
+    assert state["status"].startswith(
+        f"{shared} {verb[0]} of {layer.name} {verb[1]} h on over steps {first}–{first + 2}"
+    )
+    results = state["results"]
+    assert results and results[0]["score"] == pytest.approx(_best_match(run, layer.name, window, first, first + 2, on))
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    links = page.eval_on_selector_all("#similar-results a", "a => a.map(e => e.getAttribute('href'))")
+    assert len(links) == len(results) and all((sample_site / "runs" / "charlm-v1" / link).is_file() for link in links)
+    assert tab.problems == [] and tab.outside == []
+    page.screenshot(path=str(artifacts / "charlm-cell-view.png"), full_page=True)
     tab.close()

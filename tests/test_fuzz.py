@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from reporter.config import load_config
 from reporter.errors import ConfigError, RunError, WindowsFileError
 from reporter.replay.windows import open_windows_source
-from reporter.runstore import ARRAYS, TABLES, Run
+from reporter.runstore import ARRAYS, TABLES, UNIT_TABLES, Run
 from tests.test_runstore import _run
 
 FUZZ = settings(
@@ -128,7 +128,7 @@ RUN_FILES = [
     "layers.json",
     "timings.json",
     "vocab.json",
-    *(f"{t}.parquet" for t in TABLES),
+    *(f"{t}.parquet" for t in (*TABLES, *UNIT_TABLES)),
     *(f"{a}.npz" for a in ARRAYS),
 ]
 

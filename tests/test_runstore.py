@@ -12,7 +12,8 @@ import pytest
 from reporter.errors import OutputError, RunError
 from reporter.layers import Layer
 from reporter.replay.stats import RunStats
-from reporter.runstore import SCHEMA_VERSION, Run
+from reporter.replay.unit_tracks import TrackConfig, UnitTracks
+from reporter.runstore import SCHEMA_VERSION, TABLES, UNIT_TABLES, Run
 
 LAYER = Layer(
     name="rnn.l0",
@@ -59,6 +60,13 @@ def _run() -> Run:
         "export_parity_max_abs": 1.5e-7,
         "reference": None,
     }
+    tracks = UnitTracks(
+        [LAYER],
+        [" ", "a", '"', "\n"],
+        TrackConfig(k=2, before=2, after=1, share=0, lift=0, coverage=0, min_count=1, correlation=0),
+    )
+    h = rng.uniform(-1, 1, (5, 4, 2, 3)).astype(np.float32)
+    tracks.fold(tracks.part({LAYER.name: {"h": h}}, np.arange(5), rng.integers(0, 4, (5, 4))))
     return Run(
         meta,
         [LAYER],
@@ -69,6 +77,8 @@ def _run() -> Run:
         impulse,
         traces,
         {"logits": rng.random((5, 2), dtype=np.float32)},
+        unit_extremes=tracks.extremes_frame(),
+        unit_hypotheses=tracks.hypotheses_frame(),
     )
 
 
@@ -81,7 +91,8 @@ def test_a_run_round_trips_equal_and_rewrites_byte_identically(tmp_path):
     run.save(tmp_path / "a")
     loaded = Run.load(tmp_path / "a")
     assert loaded.meta == run.meta and loaded.layers == run.layers
-    for table in ("gate_stats", "timestep_stats", "window_scores", "explanations", "impulse"):
+    assert len(run.unit_extremes) == 2 * 3 * 2 * 2 and len(run.unit_hypotheses)  # both unit tables are filled
+    for table in (*TABLES, *UNIT_TABLES):
         expected, got = getattr(run, table), getattr(loaded, table)
         assert list(got.columns) == list(expected.columns)
         for column in expected.columns:

@@ -166,7 +166,7 @@ def run_replay(args: argparse.Namespace) -> int:
         workers=args.workers,
         dask=args.dask,
     )
-    run = make_run(model, source, settings, reference, say, feeds)
+    run = make_run(model, source, settings, reference, say, feeds, vocab)
     if vocab is not None:
         with_vocab(run, args.vocab, vocab)
     run.save(args.output)

@@ -10,6 +10,7 @@ with an impulse (`replay.impulse`); and assemble the `Run` that `runstore` write
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -184,9 +185,11 @@ def make_run(
     reference: Run | None = None,
     say: Callable[[str], None] = lambda line: None,
     feeds: Feeds | None = None,
+    vocab: list[str] | None = None,
 ) -> Run:
     """Replay, score, sample, explain and measure: everything a run directory holds. `feeds` says
-    where the model's inputs besides its windows come from (`replay.feeds.plan_feeds`)."""
+    where the model's inputs besides its windows come from (`replay.feeds.plan_feeds`); `vocab`, a
+    token model's text per id, lets replay read what each unit tracks (`replay.unit_tracks`)."""
     feeds = feeds or plan_feeds(model.exposed, source, say=say)
     if settings.dask:
         from reporter.replay.dask_shards import replay_on_dask
@@ -198,13 +201,13 @@ def make_run(
             )
         provider = "cpu"
         result = replay_on_dask(
-            settings.dask, model.exposed, model.layers, source, settings.batch_size, settings.stats, say
+            settings.dask, model.exposed, model.layers, source, settings.batch_size, settings.stats, say, vocab=vocab
         )
         replayer = Replayer(model.exposed, model.layers, provider, 1, settings.stats)  # for the few sampled windows
     else:
         provider, why = choose_provider(settings.provider)
         say(why)
-        replayer = Replayer(model.exposed, model.layers, provider, settings.workers, settings.stats, feeds)
+        replayer = Replayer(model.exposed, model.layers, provider, settings.workers, settings.stats, feeds, vocab)
         result = replayer.replay(source, settings.batch_size)
     say(
         f"replayed {source.n_windows} windows in {result.seconds:.1f} s ({result.windows_per_second:.0f} windows/s, "
@@ -223,6 +226,7 @@ def make_run(
         say("measuring impulse responses …")
         impulse = _impulse(replayer, source, settings)
     meta = {**_meta(model, source, settings, result, reference), "inputs": feeds.describe()}
+    meta["unit_tracks"] = dataclasses.asdict(result.tracks.config) if result.tracks else None
     if not frames.timestep_stats.empty:  # in gate steps: a carried window of T calls may step more than T times
         meta["seq_len"] = int(frames.timestep_stats["t"].max()) + 1
     return Run(
@@ -235,6 +239,8 @@ def make_run(
         impulse=impulse,
         traces=traces,
         outputs=result.outputs,
+        unit_extremes=result.tracks.extremes_frame() if result.tracks else None,
+        unit_hypotheses=result.tracks.hypotheses_frame() if result.tracks else None,
         timings={"replay_seconds": round(result.seconds, 3), "windows_per_second": round(result.windows_per_second, 1)},
     )
 

@@ -26,7 +26,7 @@ from reporter.pipeline.model_source import ModelRecipe, exposed_model, input_nam
 from reporter.provenance import file_sha256
 from reporter.replay.feeds import feed_value, plan_feeds, windows_key
 from reporter.replay.windows import open_windows_source
-from reporter.runstore import SCHEMA_VERSION, Run
+from reporter.runstore import ARRAYS, SCHEMA_VERSION, TABLES, UNIT_TABLES, Run
 from reporter.vocab import load_vocab
 
 __all__ = ["cache_key", "cached_run"]
@@ -53,6 +53,7 @@ def cache_key(run: RunConfig, settings: RunSettings) -> str:
         "version": run.version,
         "settings": {key: str(value) for key, value in asdict(settings).items()},
         "schema": SCHEMA_VERSION,
+        "files": [*TABLES, *UNIT_TABLES, *ARRAYS],  # a run that records more is replayed again
         "gate_reporter": metadata.version("gate-reporter"),
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
@@ -80,7 +81,8 @@ def cached_run(run: RunConfig, cache: Path, say: Callable[[str], None] = lambda 
     source = open_windows_source(run.windows, key=array, any_rank=loaded.onnx_model is not None)
     model = exposed_model(recipe, source, loaded)
     constant = {name: feed_value(name, value) for name, value in run.feed.items()}
-    made = make_run(model, source, settings, None, say, plan_feeds(model.exposed, source, constant, run.carry, say))
+    feeds = plan_feeds(model.exposed, source, constant, run.carry, say)
+    made = make_run(model, source, settings, None, say, feeds, vocab)
     made.meta["cache_key"] = key
     if vocab is not None:
         with_vocab(made, run.vocab, vocab)

@@ -82,6 +82,7 @@ def replay_shard(
     start: int,
     stop: int,
     batch_size: int,
+    vocab: list[str] | None = None,
 ) -> ReplayResult:
     """On a worker: reopen the windows file (no rescan) and replay one shard on one CPU thread."""
     source = open_windows_source(
@@ -100,11 +101,11 @@ def replay_shard(
             f"{recipe['path']}: on this worker the file differs from the client's (shape "
             f"{here['shape']}, {here['size']} bytes): is it the same file?"
         )
-    key = hashlib.sha256(model + layers.encode() + repr(stats).encode()).hexdigest()
+    key = hashlib.sha256(model + layers.encode() + repr((stats, vocab)).encode()).hexdigest()
     if key not in _REPLAYERS:  # a session takes a moment to build: once per worker, not once per shard
         _REPLAYERS.clear()
         _REPLAYERS[key] = Replayer(
-            onnx.load_from_string(model), layers_from_json(layers), "cpu", workers=1, stats_config=stats
+            onnx.load_from_string(model), layers_from_json(layers), "cpu", workers=1, stats_config=stats, vocab=vocab
         )
     return _REPLAYERS[key].replay(source, batch_size, progress=False, start=start, stop=stop)
 
@@ -119,6 +120,7 @@ def replay_on_dask(
     say: Callable[[str], None] = lambda line: None,
     progress: bool | None = None,
     client=None,
+    vocab: list[str] | None = None,
 ) -> ReplayResult:
     """Replay every window of `source` on the cluster at `address` (or on `client`); merge on the client."""
     from distributed import as_completed
@@ -146,6 +148,7 @@ def replay_on_dask(
                 lo,
                 hi,
                 batch_size,
+                vocab,
                 pure=False,
                 key=f"gate-report-shard-{k}-{lo}-{hi}",
             ): k

@@ -35,6 +35,7 @@ from reporter.replay.feeds import Feeds
 from reporter.replay.gate_moments import StatsConfig
 from reporter.replay.sessions import open_session, run_bound, tune_allocator
 from reporter.replay.stats import RunStats
+from reporter.replay.unit_tracks import UnitTracks
 from reporter.replay.windows import WindowSource
 
 __all__ = ["ReplayResult", "Replayer", "merge_results", "model_output_names"]
@@ -73,6 +74,7 @@ class ReplayResult:
     provider: str
     seconds: float
     workers: int
+    tracks: UnitTracks | None = None  # what each unit tracks (`unit_tracks`)
 
     @property
     def windows_per_second(self) -> float:
@@ -159,8 +161,10 @@ class Replayer:
         workers: int | None = None,
         stats_config: StatsConfig | None = None,
         feeds: Feeds | None = None,
+        vocab: list[str] | None = None,
     ):
         tune_allocator()
+        self.vocab = vocab  # token text, for the habits `unit_tracks` checks
         self.layers, self.provider, self.stats_config = layers, provider, stats_config or StatsConfig()
         self.feeds = feeds  # the model's other inputs (`replay.feeds`); None: the windows are its one input
         self.model_bytes = exposed.SerializeToString()
@@ -221,7 +225,9 @@ class Replayer:
 
         A progress bar with windows/s is shown when stderr is a terminal.
         """
-        shards = [RunStats(self.layers, self.stats_config) for _ in range(self.workers)]
+        shards = [
+            (RunStats(self.layers, self.stats_config), UnitTracks(self.layers, self.vocab)) for _ in range(self.workers)
+        ]
         kept = source.indices()
         kept = kept[(kept >= start) & (kept < (source.shape[0] if stop is None else stop))]
         rows = _Rows(kept, np.empty((len(kept), len(feature_names(self.layers))), np.float32))
@@ -264,7 +270,7 @@ class Replayer:
     def _work(
         self,
         session: ort.InferenceSession,
-        shards: list[RunStats],
+        shards: list[tuple[RunStats, UnitTracks]],
         rows: _Rows,
         batches: Iterator,
         lock: threading.Lock,
@@ -281,19 +287,29 @@ class Replayer:
                     return
                 k, (indices, windows) = item
                 outputs = self._run(session, windows, indices)
-                parts = self._batch_states(shards[0], rows, indices, outputs)
+                parts, tracked = self._batch_states(shards[0], rows, indices, windows, outputs)
                 if turns.wait(k, failure):
-                    shards[k % len(shards)].fold_parts(parts)
+                    stats, tracks = shards[k % len(shards)]
+                    stats.fold_parts(parts)
+                    tracks.fold(tracked)
                     turns.done(k)
                 bar.update(len(indices))
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
             failure.append(exc)
             turns.abort()
 
-    def _batch_states(self, stats: RunStats, rows: _Rows, indices: np.ndarray, outputs: dict[str, np.ndarray]) -> dict:
-        """Turn one batch into fresh statistics states and store its per-window rows; drop the traces."""
+    def _batch_states(
+        self,
+        shard: tuple[RunStats, UnitTracks],
+        rows: _Rows,
+        indices: np.ndarray,
+        windows: np.ndarray,
+        outputs: dict[str, np.ndarray],
+    ) -> tuple[dict, dict]:
+        """Turn one batch into fresh statistics and unit-tracking states and store its per-window
+        rows; drop the traces."""
         gates = self.gates(outputs)
-        parts = stats.parts(gates)
+        parts = shard[0].parts(gates), shard[1].part(gates, indices, windows)
         last_steps = {name: _last_step(outputs[name], len(indices)) for name in self.output_names}
         rows.put(
             indices,
@@ -302,25 +318,26 @@ class Replayer:
         )
         return parts
 
-    def _result(self, shards: list[RunStats], rows: _Rows, seconds: float) -> ReplayResult:
+    def _result(self, shards: list[tuple[RunStats, UnitTracks]], rows: _Rows, seconds: float) -> ReplayResult:
         """Merge the workers' accumulators; per-window rows are already in window order."""
-        stats = shards[0]
-        for shard in shards[1:]:
-            stats = stats.merge(shard)
+        stats, tracks = shards[0]
+        for shard, tracked in shards[1:]:
+            stats, tracks = stats.merge(shard), tracks.merge(tracked)
         frame = pd.DataFrame(rows.features, columns=feature_names(self.layers), copy=False)
         frame.insert(0, "window", rows.windows)
-        return ReplayResult(stats, frame, rows.outputs, self.provider, seconds, self.workers)
+        return ReplayResult(stats, frame, rows.outputs, self.provider, seconds, self.workers, tracks)
 
 
 def merge_results(parts: list[ReplayResult], seconds: float, workers: int, provider: str) -> ReplayResult:
     """Combine replays of consecutive shards (in file order) into one, as if replayed in one pass."""
-    stats = parts[0].stats
+    stats, tracks = parts[0].stats, parts[0].tracks
     for part in parts[1:]:
         stats = stats.merge(part.stats)
+        tracks = tracks.merge(part.tracks) if tracks is not None and part.tracks is not None else None
     features = pd.concat([part.features for part in parts], ignore_index=True)
     with_rows = [part for part in parts if len(part.features)]  # a shard whose windows were all skipped has none
     names = [
         name for name in (with_rows[0].outputs if with_rows else {}) if all(name in part.outputs for part in with_rows)
     ]
     outputs = {name: np.concatenate([part.outputs[name] for part in with_rows]) for name in names}
-    return ReplayResult(stats, features, outputs, provider, seconds, workers)
+    return ReplayResult(stats, features, outputs, provider, seconds, workers, tracks)

@@ -20,7 +20,9 @@ from reporter.layers import KEEP_GATE, Layer, gate_family, gate_order
 from reporter.names import slug, unique
 from reporter.replay.anomaly import explain_window, flag_threshold, flagged, typical_from_timestep_stats
 from reporter.replay.impulse import impulse_summary
+from reporter.report.cell_view import cell_data, similar_data
 from reporter.report.numbers import number
+from reporter.report.unit_habits import unit_habits
 from reporter.runstore import Run
 from reporter.vocab import token_text
 
@@ -30,6 +32,7 @@ TOP_WINDOWS = 20  # rows of the run page's most-anomalous table
 DEAD_STD = 0.01  # a unit whose hidden state moves less than this is dead
 ALWAYS_SATURATED = 0.95  # share of steps beyond 0.1/0.9 that makes a gate always saturated
 MOSTLY_SATURATED = 0.5  # share that counts a unit towards the index's "units with a saturated gate"
+DEFAULT_ON = 0.5  # h above this is "on", for runs made before replay recorded its threshold
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class WindowView:
     traces: dict[str, dict[str, np.ndarray]]  # layer -> gate -> [T, D, H], gates in the op's order; ran layers only
     explained: pd.DataFrame  # layer × gate × step: value, typical value, deviation
     text: list[str] | None = None  # a token window's tokens as text, when the run has a vocabulary
+    cells: dict | None = None  # its cell view's data (`cell_view.cell_data`), for token windows with text
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class RunView:
     unit_tables: dict[str, list[dict]]  # layer name -> one row per (direction, unit)
     top: list[dict]  # the most anomalous windows
     impulse: list[dict]  # impulse half-lives per state and output
+    similar: dict | None = None  # token runs: every sampled window's text and binarised h (`cell_view`)
 
     @property
     def meta(self) -> dict:
@@ -123,10 +128,12 @@ def diff_view(diff: RunDiff, thresholds: dict[str, float], page: str | None = No
 
 
 def unit_table(run: Run, layer: Layer) -> list[dict]:
-    """Per (direction, unit): gate means, saturation, half-life, and flags a reader should look at."""
+    """Per (direction, unit): gate means, saturation, half-life, flags a reader should look at, and
+    what the unit tracks (`unit_habits`)."""
     stats = run.gate_stats[run.gate_stats["layer"] == layer.name]
     steps = int(run.meta.get("seq_len", 0))
     keep = KEEP_GATE.get(layer.kind)
+    habits = unit_habits(run, layer)
     rows = []
     for (direction, unit), group in stats.groupby(["direction", "unit"], sort=True):
         by_gate = group.set_index("gate")
@@ -137,6 +144,7 @@ def unit_table(run: Run, layer: Layer) -> list[dict]:
                 "unit": int(unit),
                 "half_life": half_life,
                 "flags": _unit_flags(layer, by_gate, half_life, steps),
+                **habits.get((int(direction), int(unit)), {"habits": [], "on": [], "off": []}),
                 "gates": {
                     gate: {
                         column: float(by_gate.loc[gate, column]) for column in ("mean", "std", "frac_low", "frac_high")
@@ -203,6 +211,7 @@ def _windows(run: Run, flags: np.ndarray) -> list[WindowView]:
         rows = stored[stored["window"] == window]
         explained = rows.drop(columns="window").reset_index(drop=True) if len(rows) else explain_window(traces, typical)
         row = row_of[window]
+        text = _text(run, run.traces["x"][position])
         views.append(
             WindowView(
                 window,
@@ -214,7 +223,8 @@ def _windows(run: Run, flags: np.ndarray) -> list[WindowView]:
                 run.traces["x"][position],
                 traces,
                 explained,
-                _text(run, run.traces["x"][position]),
+                text,
+                cell_data(traces, run.layers, text) if text is not None else None,
             )
         )
     return views
@@ -254,7 +264,16 @@ def _run_view(run: Run, name: str, baseline: str | None, diff: DiffView | None) 
         {layer.name: unit_table(run, layer) for layer in run.layers},
         _top(run, {view.window for view in windows}),
         impulse.to_dict("records"),
+        _similar(run, windows),
     )
+
+
+def _similar(run: Run, windows: list[WindowView]) -> dict | None:
+    """What "find similar" searches: the sampled token windows with their binarised h."""
+    if not windows or any(view.text is None for view in windows):
+        return None
+    on = float((run.meta.get("unit_tracks") or {}).get("on", DEFAULT_ON))
+    return similar_data(run.traces, run.layers, run.vocab, [view.reason for view in windows], on)
 
 
 def _baselines(runs: list[tuple[Run, str | None]]) -> dict[str, Run]:

@@ -73,7 +73,7 @@ def _run_pages(env: jinja2.Environment, view: RunView, common: dict) -> Iterator
     for window in view.windows:
         explained = window.explained
         figures = [
-            window_charts.input_chart(window.x),
+            window_charts.input_chart(window.x, window.text),
             window_charts.deviation_chart(explained),
             window_charts.typical_chart(explained),
         ]

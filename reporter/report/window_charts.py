@@ -13,6 +13,7 @@ import pandas as pd
 
 from reporter.layers import FAMILY_RANGES, Layer, gate_family, gate_label
 from reporter.report.charts import DIGITS, OKABE_ITO, WIDTH, Figure, figure, tips
+from reporter.vocab import shown
 
 __all__ = ["CAPTIONS", "deviation_chart", "heatmap_chart", "input_chart", "typical_chart"]
 
@@ -41,18 +42,22 @@ def _step_axis(count: int) -> alt.Axis:
     return alt.Axis(values=_ticks(count), labelAngle=0)
 
 
-def input_chart(x: np.ndarray) -> Figure:
-    """The window's input: one line per feature (mean and RMS for wide inputs), or the token ids."""
+def input_chart(x: np.ndarray, text: list[str] | None = None) -> Figure:
+    """The window's input: one line per feature (mean and RMS for wide inputs), or the token ids
+    (with each token's text in the tooltip when the run has a vocabulary)."""
     if x.ndim == 1:
         data = pd.DataFrame({"t": np.arange(len(x)), "token": x.astype(np.int64)})
+        tooltip = ["t", "token"]
+        if text is not None:
+            data["text"] = [shown(token) for token in text]
+            tooltip.append(alt.Tooltip("text:N", title="text"))
         chart = (
             alt.Chart(data)
             .mark_tick(thickness=2)
-            .encode(x=_STEP, y=alt.Y("token:Q", title="token id"), tooltip=["t", "token"])
+            .encode(x=_STEP, y=alt.Y("token:Q", title="token id"), tooltip=tooltip)
         )
-        return Figure(
-            "input", CAPTIONS["input-tokens"], chart.properties(width=WIDTH, height=160, title="Input tokens")
-        )
+        caption = CAPTIONS["input-tokens"] + (" Hover a tick for the token's text." if text is not None else "")
+        return Figure("input", caption, chart.properties(width=WIDTH, height=160, title="Input tokens"))
     x = x.reshape(len(x), -1).astype(np.float64)  # a streaming model's chunks: [calls, values per call]
     names = [f"feature {k}" for k in range(x.shape[1])]
     if x.shape[1] > MAX_INPUT_LINES:  # wide chunks (audio samples): their level and energy per step

@@ -1,0 +1,300 @@
+"""What each unit tracks: where its hidden state is most on and off, and the habits that explain it.
+
+Per layer, over every replayed window (streamed: one batch at a time, memory flat), of each
+unit's hidden state `h` (the value every cell kind has and passes on):
+
+- **Extremes.** The k windows where the unit is highest ("on") and lowest ("off"), each with its
+  step and, for token windows, the tokens around that step. One entry per window (its peak), so a
+  long quote does not fill the list with one window's neighbouring steps. Merging keeps the top k
+  of both sides by (value, then window index): exact, in any order.
+- **Hypotheses** (token windows). Counts and sums that merge by addition, from which a unit's habit
+  is read: the share of its on (h > 0.5) or off (h < −0.5) steps that are inside quotes, inside
+  brackets, at a given token or just after one, against how common that is; and the correlation
+  of h with the position in the line and the indentation (`text_features`). A habit holds when it
+  covers most of the unit's polar steps, is at least twice as common there as overall, and covers
+  half the steps where the fact holds; or when |r| ≥ 0.6. A unit with no habit gets no description.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from reporter.layers import Layer
+from reporter.replay.text_features import BINARY, CONTINUOUS, TokenProps, step_features
+from reporter.vocab import shown
+
+__all__ = ["EXTREMES_COLUMNS", "HYPOTHESES_COLUMNS", "TrackConfig", "UnitTracks"]
+
+EXTREMES_COLUMNS = ("layer", "direction", "unit", "polarity", "rank", "value", "window", "t", "context")
+HYPOTHESES_COLUMNS = ("layer", "direction", "unit", "hypothesis", "polarity", "score", "base", "count", "text")
+GATE = "h"
+_POLES = ("on", "off")
+_FEATURE_WORDS = {
+    "quotes": "inside string quotes",
+    "brackets": "inside brackets",
+    "line_position": "position in line",
+    "indentation": "indentation depth",
+}
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """How units are tracked: list lengths, what counts as on, when a habit holds."""
+
+    k: int = 6  # windows kept per unit and polarity
+    before: int = 24  # context tokens kept before the step
+    after: int = 8  # and after it
+    on: float = 0.5  # h above this is on, below −on is off
+    share: float = 0.75  # a habit covers at least this share of the unit's on (off) steps
+    lift: float = 2.0  # and is at least this many times more common there than overall
+    coverage: float = 0.5  # and the unit is on (off) at this share of the steps where it holds
+    min_count: int = 20  # polar steps needed before a habit is read
+    correlation: float = 0.6  # |r| with a continuous feature that holds
+    max_vocab: int = 512  # token habits ("at", "after" a token) for vocabularies up to this size
+
+
+@dataclass
+class _Extremes:
+    """Top k per unit, for one polarity: value, window, step, context ids ([k, U] and [k, U, C])."""
+
+    value: np.ndarray
+    window: np.ndarray
+    t: np.ndarray
+    context: np.ndarray
+
+    @classmethod
+    def empty(cls, units: int, width: int) -> _Extremes:
+        return cls(
+            np.empty((0, units), np.float32),
+            np.empty((0, units), np.int64),
+            np.empty((0, units), np.int64),
+            np.empty((0, units, width), np.int64),
+        )
+
+    def merge(self, other: _Extremes, k: int, sign: float) -> _Extremes:
+        """The top k of both (by sign × value, ties to the lower window): exact and order-free."""
+        value = np.concatenate([self.value, other.value])
+        window = np.concatenate([self.window, other.window])
+        order = np.lexsort((window, -sign * value), axis=0)[:k]
+        take = lambda a: np.take_along_axis(a, order, axis=0)  # noqa: E731
+        context = np.concatenate([self.context, other.context])
+        return _Extremes(
+            take(value),
+            take(window),
+            take(np.concatenate([self.t, other.t])),
+            context[order, np.arange(value.shape[1])],
+        )
+
+
+def _peaks(h: np.ndarray, windows: np.ndarray, tokens, config: TrackConfig, sign: float) -> _Extremes:
+    """One batch's candidates: per unit, each window's peak step, the batch's best k of them."""
+    scored = np.where(np.isnan(h), -np.inf, sign * h)  # [B, T, U]
+    steps = scored.argmax(axis=1)  # [B, U]
+    best = np.take_along_axis(scored, steps[:, None, :], axis=1)[:, 0]  # [B, U]
+    k = min(config.k, len(windows))
+    order = np.lexsort((np.broadcast_to(windows[:, None], best.shape), -best), axis=0)[:k]
+    value = sign * np.take_along_axis(best, order, axis=0)
+    t = np.take_along_axis(steps, order, axis=0)
+    units = h.shape[2]
+    width = config.before + 1 + config.after if tokens is not None else 0
+    context = np.full((k, units, width), -1, np.int64)
+    if tokens is not None:
+        spots = t[:, :, None] + np.arange(-config.before, config.after + 1)  # [k, U, C]
+        inside = (spots >= 0) & (spots < tokens.shape[1])
+        context = np.where(inside, tokens[order[:, :, None], np.clip(spots, 0, tokens.shape[1] - 1)], -1)
+    keep = np.isfinite(value)  # a unit whose every value is NaN has no peak
+    value = np.where(keep, value, np.nan).astype(np.float32)
+    return _Extremes(value, windows[order], t, context)
+
+
+def _counts(polar: np.ndarray, facts: np.ndarray) -> np.ndarray:
+    """Per unit and fact, the steps where both hold: [N, U] × [N, F] → [U, F] (exact integers)."""
+    return (polar.T.astype(np.float32) @ facts.astype(np.float32)).round().astype(np.int64)
+
+
+@dataclass
+class _Layer:
+    """One layer's tracking state."""
+
+    units: int
+    width: int
+    extremes: dict[str, _Extremes]
+    sums: dict[str, np.ndarray] = field(default_factory=dict)  # merged by addition
+
+
+class UnitTracks:
+    """Per layer, what each unit of h tracks, over every window replayed (`part`, `fold`, `merge`)."""
+
+    def __init__(self, layers: list[Layer], vocab: list[str] | None = None, config: TrackConfig | None = None):
+        self.config = config or TrackConfig()
+        self.layers = [layer for layer in layers if GATE in layer.outputs]
+        self.vocab = vocab
+        self.props = TokenProps.from_vocab(vocab) if vocab is not None else None
+        self.state: dict[str, _Layer] = {}
+
+    def part(self, gates: dict[str, dict[str, np.ndarray]], windows: np.ndarray, inputs: np.ndarray) -> dict:
+        """One batch (`gates`: layer → gate → [B, T, D, H]; `windows`: their indices; `inputs`:
+        their model input) as fresh states; nothing accumulated yet."""
+        parts = {}
+        for layer in self.layers:
+            if layer.name not in gates:
+                continue  # did not run on this batch (an If branch)
+            trace = gates[layer.name][GATE]
+            batch, steps = trace.shape[:2]
+            h = trace.reshape(batch, steps, -1).astype(np.float32, copy=False)
+            tokens = inputs if _is_tokens(inputs, batch, steps) else None
+            part = _Layer(h.shape[2], 0, {})
+            for polarity, sign in zip(_POLES, (1.0, -1.0)):
+                part.extremes[polarity] = _peaks(h, windows, tokens, self.config, sign)
+            part.width = part.extremes["on"].context.shape[2]
+            if tokens is not None and self.props is not None:
+                part.sums = self._sums(h.reshape(batch * steps, -1), tokens)
+            parts[layer.name] = part
+        return parts
+
+    def _sums(self, h: np.ndarray, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """A batch's hypothesis counts and sums (token windows with a vocabulary only)."""
+        on, off = h > self.config.on, h < -self.config.on
+        sums = {"steps": np.array(h.shape[0], np.int64), "on": on.sum(0), "off": off.sum(0)}
+        features = step_features(tokens, self.props)
+        facts = [np.stack([features[name].reshape(-1) for name in BINARY], axis=1)]
+        sized = np.stack([features[name].reshape(-1) for name in CONTINUOUS], axis=1).astype(np.float64)
+        values = np.nan_to_num(h.astype(np.float64))
+        sums |= {"sx": values.sum(0), "sxx": (values**2).sum(0), "sf": sized.sum(0), "sff": (sized**2).sum(0)}
+        sums["sxf"] = values.T @ sized
+        if self.vocab is not None and len(self.vocab) <= self.config.max_vocab:
+            ids, size = tokens.reshape(-1), len(self.vocab)
+            prev = np.concatenate([np.full((tokens.shape[0], 1), -1), tokens[:, :-1]], axis=1).reshape(-1)
+            facts += [ids[:, None] == np.arange(size), prev[:, None] == np.arange(size)]
+        table = np.concatenate(facts, axis=1)
+        sums |= {"base": table.sum(0, dtype=np.int64), "on_f": _counts(on, table), "off_f": _counts(off, table)}
+        return sums
+
+    def fold(self, parts: dict) -> None:
+        """Fold states made by `part` (by any UnitTracks of the same layers) into this one."""
+        for name, part in parts.items():
+            self.state[name] = _merge_layer(self.state.get(name), part, self.config)
+
+    def merge(self, other: UnitTracks) -> UnitTracks:
+        """Both replays' windows together."""
+        merged = UnitTracks(self.layers, self.vocab, self.config)
+        merged.fold(self.state)
+        merged.fold(other.state)
+        return merged
+
+    def extremes_frame(self) -> pd.DataFrame:
+        """unit_extremes: per layer, direction, unit, polarity, the k peaks in order."""
+        rows = []
+        for layer in self.layers:
+            state = self.state.get(layer.name)
+            if state is None:
+                continue
+            for polarity, top in state.extremes.items():
+                for rank in range(top.value.shape[0]):
+                    for unit in range(state.units):
+                        if np.isnan(top.value[rank, unit]):
+                            continue
+                        rows.append(
+                            (layer.name, unit // layer.hidden_size, unit % layer.hidden_size, polarity, rank,
+                             float(top.value[rank, unit]), int(top.window[rank, unit]), int(top.t[rank, unit]),
+                             [int(i) for i in top.context[rank, unit]])
+                        )  # fmt: skip
+        frame = pd.DataFrame(rows, columns=list(EXTREMES_COLUMNS))
+        frame = frame.sort_values(["layer", "direction", "unit", "polarity", "rank"], kind="stable")
+        return _typed(frame, EXTREMES_COLUMNS)
+
+    def hypotheses_frame(self) -> pd.DataFrame:
+        """unit_hypotheses: every habit that holds, one row each, strongest first per unit."""
+        rows = []
+        for layer in self.layers:
+            state = self.state.get(layer.name)
+            if state is not None and state.sums:
+                rows += _habits(layer, state, self._fact_names(state), self.config)
+        frame = pd.DataFrame(rows, columns=list(HYPOTHESES_COLUMNS))
+        frame = frame.assign(strength=-frame["score"].abs()).sort_values(
+            ["layer", "direction", "unit", "strength", "hypothesis"], kind="stable"
+        )
+        return _typed(frame, HYPOTHESES_COLUMNS)
+
+    def _fact_names(self, state: _Layer) -> list[tuple[str, str]]:
+        """(key, words) of each counted fact, in the order `_sums` stacked them."""
+        names = [(name, _FEATURE_WORDS[name]) for name in BINARY]
+        size = len(state.sums.get("base", [])) - len(names)
+        if size > 0:
+            names += [(f"token:{k}", f"at token {shown(self.vocab[k])}") for k in range(size // 2)]
+            names += [(f"after:{k}", f"just after token {shown(self.vocab[k])}") for k in range(size // 2)]
+        return names
+
+
+def _is_tokens(inputs: np.ndarray | None, batch: int, steps: int) -> bool:
+    """Whether the batch's input is token ids, one per gate step."""
+    return inputs is not None and inputs.dtype.kind in "iu" and inputs.shape == (batch, steps)
+
+
+def _merge_layer(mine: _Layer | None, part: _Layer, config: TrackConfig) -> _Layer:
+    if mine is None:
+        return part
+    extremes = {
+        polarity: mine.extremes[polarity].merge(part.extremes[polarity], config.k, sign)
+        for polarity, sign in zip(_POLES, (1.0, -1.0))
+    }
+    sums = {key: mine.sums[key] + part.sums[key] for key in mine.sums} if mine.sums else dict(part.sums)
+    return _Layer(mine.units, mine.width, extremes, sums)
+
+
+def _habits(layer: Layer, state: _Layer, facts: list[tuple[str, str]], config: TrackConfig) -> list[tuple]:
+    """Every hypothesis that holds for a layer's units, as hypotheses_frame rows."""
+    sums, rows = state.sums, []
+    steps = max(int(sums["steps"]), 1)
+    base = sums["base"] / steps  # [F]
+    for polarity, word in zip(_POLES, ("high", "low")):
+        polar = sums[polarity]  # [U]
+        share = sums[f"{polarity}_f"] / np.maximum(polar, 1)[:, None]  # [U, F]
+        coverage = sums[f"{polarity}_f"] / np.maximum(sums["base"], 1)[None, :]
+        holds = (polar[:, None] >= config.min_count) & (share >= config.share)
+        holds &= (share >= config.lift * base[None, :]) & (coverage >= config.coverage)
+        for u, f in zip(*np.nonzero(holds)):
+            key, words = facts[f]
+            text = f"{polarity} {words}: {share[u, f]:.2f} of its {word} values ({base[f]:.2f} of all steps)"
+            rows.append(
+                (
+                    layer.name,
+                    *divmod(int(u), layer.hidden_size),
+                    key,
+                    polarity,
+                    share[u, f],
+                    base[f],
+                    int(polar[u]),
+                    text,
+                )
+            )
+    for f, name in enumerate(CONTINUOUS):
+        for u in range(state.units):
+            r = _correlation(sums, u, f)
+            if abs(r) >= config.correlation:
+                verb = "rises" if r > 0 else "falls"
+                text = f"{verb} with {_FEATURE_WORDS[name]}: r = {r:.2f}"
+                rows.append((layer.name, *divmod(u, layer.hidden_size), name, verb, r, np.nan, steps, text))
+    return rows
+
+
+def _correlation(sums: dict, u: int, f: int) -> float:
+    """Pearson's r of unit u's h with continuous feature f, from the streamed sums."""
+    n = float(sums["steps"])
+    cov = sums["sxf"][u, f] - sums["sx"][u] * sums["sf"][f] / n
+    var_x = sums["sxx"][u] - sums["sx"][u] ** 2 / n
+    var_f = sums["sff"][f] - sums["sf"][f] ** 2 / n
+    if var_x <= 1e-12 * n or var_f <= 1e-12 * n:
+        return 0.0
+    return float(cov / np.sqrt(var_x * var_f))
+
+
+def _typed(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Fixed columns and dtypes, so parquet files written from it are byte-identical."""
+    types = {"layer": str, "polarity": str, "hypothesis": str, "text": str, "context": object}
+    ints = {"direction", "unit", "rank", "window", "t", "count"}
+    dtypes = {c: types.get(c, np.int64 if c in ints else np.float64) for c in columns}
+    return frame.loc[:, list(columns)].astype(dtypes).reset_index(drop=True)
