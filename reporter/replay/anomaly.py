@@ -36,6 +36,7 @@ __all__ = [
     "FEATURES",
     "explain_window",
     "feature_names",
+    "features_from_passes",
     "flag_threshold",
     "flagged",
     "score_windows",
@@ -111,6 +112,21 @@ def window_features(
             family = gate_family(layer, gate)
             columns += _one_gate(gates[layer.name][gate], family, names, config)
     return np.stack(columns, axis=1).astype(np.float32)
+
+
+def features_from_passes(passes: dict, layers: list[Layer], batch: int) -> np.ndarray:
+    """`window_features`, assembled from the features replay's fused pass computed per layer ×
+    gate (`passes`: (layer, gate) → `fused_pass.GatePass`; a layer missing did not run)."""
+    columns = []
+    for layer in layers:
+        for gate in gate_order(layer):
+            names = _gate_features(layer, gate)
+            if (layer.name, gate) not in passes:
+                columns.append(np.full((batch, len(names)), np.nan))
+                continue
+            features = passes[(layer.name, gate)].features
+            columns.append(features[:, [FEATURES.index(name) for name in names]])
+    return np.concatenate(columns, axis=1).astype(np.float32) if columns else np.empty((batch, 0), np.float32)
 
 
 def _robust_scale(reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from reporter.errors import ModelError
 from reporter.layers import Layer
-from reporter.replay.anomaly import feature_names, window_features
+from reporter.replay.anomaly import feature_names, features_from_passes
 from reporter.replay.calls import run_calls
 from reporter.replay.feeds import Feeds
 from reporter.replay.gate_moments import StatsConfig
@@ -309,11 +309,13 @@ class Replayer:
         """Turn one batch into fresh statistics and unit-tracking states and store its per-window
         rows; drop the traces."""
         gates = self.gates(outputs)
-        parts = shard[0].parts(gates), shard[1].part(gates, indices, windows)
+        passes = shard[0].parts(gates, extras=True)  # one fused pass per gate: statistics, features, peaks
+        peaks = {layer: result.peaks for (layer, gate), result in passes.items() if result.peaks is not None}
+        parts = passes, shard[1].part(gates, indices, windows, peaks)
         last_steps = {name: _last_step(outputs[name], len(indices)) for name in self.output_names}
         rows.put(
             indices,
-            window_features(gates, self.layers, self.stats_config, len(indices)),
+            features_from_passes(passes, self.layers, len(indices)),
             {name: last for name, last in last_steps.items() if last is not None},
         )
         return parts

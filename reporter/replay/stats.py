@@ -16,6 +16,7 @@ import pandas as pd
 
 from reporter.errors import ModelError
 from reporter.layers import KEEP_GATE, Layer, gate_order
+from reporter.replay.fused_pass import GatePass, gate_pass
 from reporter.replay.gate_moments import GateMoments, StatsConfig, check_shape, gate_update, memory_horizon
 from reporter.replay.timestep_stats import QUANTILES, Bins, TimestepStats
 
@@ -55,11 +56,14 @@ class LayerStats:
         """Fold one batch of one gate `[batch, time, directions, hidden]` into both its accumulators."""
         self.fold(gate, self.part(gate, trace))
 
-    def part(self, gate: str, trace: np.ndarray) -> tuple[dict, dict]:
+    def part(self, gate: str, trace: np.ndarray, extras: bool = False) -> GatePass | tuple[dict, dict]:
         """One batch of one gate as fresh per-unit and per-timestep states (the costly pass; nothing
-        accumulated yet)."""
+        accumulated yet). With `extras`, the same pass also yields the batch's anomaly features
+        and, for h, each window's peaks (`fused_pass.GatePass`)."""
         moments, _ = self._pair(gate)
         check_shape(trace, moments.shape, f"layer {self.layer.name!r} gate {gate!r}")
+        if extras:
+            return gate_pass(trace, moments.bins, moments.low, moments.high, features=True, peaks=gate == "h")
         return gate_update(trace, moments.bins, moments.low, moments.high)
 
     def fold(self, gate: str, part: tuple[dict, dict]) -> None:
@@ -172,10 +176,11 @@ class RunStats:
             raise ModelError(f"no layer {layer_name!r} in the manifest; layers: {', '.join(self.stats)}")
         return self.stats[layer_name]
 
-    def parts(self, gates: dict[str, dict[str, np.ndarray]]) -> dict[tuple[str, str], tuple[dict, dict]]:
-        """One batch of every layer's gates ({layer: {gate: trace}}) as fresh states, accumulating nothing."""
+    def parts(self, gates: dict[str, dict[str, np.ndarray]], extras: bool = False) -> dict[tuple[str, str], tuple]:
+        """One batch of every layer's gates ({layer: {gate: trace}}) as fresh states, accumulating
+        nothing (with `extras`, each a `GatePass` holding features and peaks too)."""
         return {
-            (name, gate): self._layer(name).part(gate, trace)
+            (name, gate): self._layer(name).part(gate, trace, extras)
             for name, by_gate in gates.items()
             for gate, trace in by_gate.items()
         }

@@ -89,16 +89,22 @@ class _Extremes:
         )
 
 
-def _peaks(h: np.ndarray, windows: np.ndarray, tokens, config: TrackConfig, sign: float) -> _Extremes:
-    """One batch's candidates: per unit, each window's peak step, the batch's best k of them."""
+def _per_window(h: np.ndarray, sign: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each window's peak value and step per unit ([B, U] each; NaN never peaks, first step on ties)."""
     scored = np.where(np.isnan(h), -np.inf, sign * h)  # [B, T, U]
-    steps = scored.argmax(axis=1)  # [B, U]
-    best = np.take_along_axis(scored, steps[:, None, :], axis=1)[:, 0]  # [B, U]
+    steps = scored.argmax(axis=1)
+    return sign * np.take_along_axis(scored, steps[:, None, :], axis=1)[:, 0], steps
+
+
+def _peaks(found: tuple, windows: np.ndarray, tokens, config: TrackConfig, sign: float) -> _Extremes:
+    """One batch's candidates: per unit, each window's peak (`found`: value and step [B, U]), the
+    batch's best k of them."""
+    best, steps = sign * np.asarray(found[0], np.float64), np.asarray(found[1], np.int64)
+    units = best.shape[1]
     k = min(config.k, len(windows))
     order = np.lexsort((np.broadcast_to(windows[:, None], best.shape), -best), axis=0)[:k]
     value = sign * np.take_along_axis(best, order, axis=0)
     t = np.take_along_axis(steps, order, axis=0)
-    units = h.shape[2]
     width = config.before + 1 + config.after if tokens is not None else 0
     context = np.full((k, units, width), -1, np.int64)
     if tokens is not None:
@@ -135,9 +141,16 @@ class UnitTracks:
         self.props = TokenProps.from_vocab(vocab) if vocab is not None else None
         self.state: dict[str, _Layer] = {}
 
-    def part(self, gates: dict[str, dict[str, np.ndarray]], windows: np.ndarray, inputs: np.ndarray) -> dict:
+    def part(
+        self,
+        gates: dict[str, dict[str, np.ndarray]],
+        windows: np.ndarray,
+        inputs: np.ndarray,
+        peaks: dict | None = None,
+    ) -> dict:
         """One batch (`gates`: layer → gate → [B, T, D, H]; `windows`: their indices; `inputs`:
-        their model input) as fresh states; nothing accumulated yet."""
+        their model input) as fresh states; nothing accumulated yet. `peaks`, per layer, are the
+        windows' highest and lowest h with their steps when replay's fused pass found them."""
         parts = {}
         for layer in self.layers:
             if layer.name not in gates:
@@ -147,8 +160,10 @@ class UnitTracks:
             h = trace.reshape(batch, steps, -1).astype(np.float32, copy=False)
             tokens = inputs if _is_tokens(inputs, batch, steps) else None
             part = _Layer(h.shape[2], 0, {})
-            for polarity, sign in zip(_POLES, (1.0, -1.0)):
-                part.extremes[polarity] = _peaks(h, windows, tokens, self.config, sign)
+            found = (peaks or {}).get(layer.name)
+            for k, (polarity, sign) in enumerate(zip(_POLES, (1.0, -1.0))):
+                best = (found[2 * k], found[2 * k + 1]) if found is not None else _per_window(h, sign)
+                part.extremes[polarity] = _peaks(best, windows, tokens, self.config, sign)
             part.width = part.extremes["on"].context.shape[2]
             if tokens is not None and self.props is not None:
                 part.sums = self._sums(h.reshape(batch * steps, -1), tokens)

@@ -1,0 +1,131 @@
+"""The fused statistics pass equals the numpy reading it replaced: bins and counts bit for bit,
+extrema exactly, sums, moments and anomaly features to float rounding, peaks as numpy's argmax,
+on traces built to break it (NaN, ±inf, values on bin edges and on saturation thresholds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reporter.layers import FAMILY_RANGES, SATURATION, Layer
+from reporter.replay.anomaly import FEATURES, _one_gate
+from reporter.replay.fused_pass import gate_pass
+from reporter.replay.gate_moments import StatsConfig
+from reporter.replay.timestep_stats import Bins
+from tests import stats_reference
+
+EXACT = ("count", "n_low", "n_high", "hist", "min", "max")
+
+
+def _hostile(rng, shape, family: str, specials: bool = True) -> np.ndarray:
+    """Values of the family's range, a share of them exactly on bin edges, thresholds and range
+    ends, and (with `specials`) NaN and ±inf."""
+    lo, hi = FAMILY_RANGES[family]
+    x = rng.uniform(lo - 0.3 * (hi - lo), hi + 0.3 * (hi - lo), shape).astype(np.float32)
+    picks = rng.random(shape)
+    edges = Bins(lo, hi, 64).edges.astype(np.float32)
+    x[picks < 0.15] = rng.choice(edges, size=int((picks < 0.15).sum()))
+    marks = np.array([*SATURATION[family], lo, hi, 0.0, -0.0], np.float32)
+    at_marks = (picks >= 0.15) & (picks < 0.25)
+    x[at_marks] = rng.choice(marks, size=int(at_marks.sum()))
+    if specials:
+        x[(picks >= 0.25) & (picks < 0.27)] = np.nan
+        x[(picks >= 0.27) & (picks < 0.28)] = np.inf
+        x[(picks >= 0.28) & (picks < 0.29)] = -np.inf
+    return x
+
+
+CASES = [
+    ("sigmoid", Bins(0.0, 1.0, 64), (9, 13, 2, 5)),
+    ("tanh", Bins(-1.0, 1.0, 64), (4, 1, 1, 33)),
+    ("linear", Bins(-4.0, 4.0, 64), (17, 6, 1, 7)),
+    ("linear", Bins(-64.0, 64.0, 8), (5, 9, 2, 3)),  # bins wider than 1: the float64 path
+]
+
+
+@pytest.mark.parametrize("family, bins, shape", CASES)
+@pytest.mark.parametrize("seed", range(4))
+def test_fused_statistics_equal_the_numpy_reading(family, bins, shape, seed):
+    rng = np.random.default_rng(seed)
+    trace = _hostile(rng, shape, family, specials=seed % 2 == 1)
+    low, high = SATURATION[family]
+    fused = gate_pass(trace, bins, low, high)
+    moments, steps = stats_reference.gate_update(trace, bins, low, high)
+    for key in EXACT:
+        np.testing.assert_array_equal(fused.moments[key], moments[key], err_msg=key)
+    np.testing.assert_allclose(fused.moments["mean"], moments["mean"], rtol=1e-9, atol=1e-12, err_msg="mean")
+    np.testing.assert_allclose(fused.moments["m2"], moments["m2"], rtol=1e-7, atol=1e-9, err_msg="m2")
+    np.testing.assert_array_equal(fused.steps["count"], steps["count"])
+    np.testing.assert_array_equal(fused.steps["hist"], steps["hist"])
+    np.testing.assert_allclose(fused.steps["total"], steps["total"], rtol=1e-9, atol=1e-9)
+    assert fused.moments["hist"].sum() == trace.size and fused.steps["hist"].sum() == trace.size
+
+
+def test_the_reference_itself_is_numpys_histogram_and_thresholds():
+    """The oracle checked against numpy's own functions, so both cannot be wrong together."""
+    rng = np.random.default_rng(9)
+    trace = _hostile(rng, (6, 5, 1, 4), "tanh", specials=False)
+    bins = Bins(-1.0, 1.0, 64)
+    fused = gate_pass(trace, bins, -0.9, 0.9)
+    values = trace.reshape(-1, 4)
+    for unit in range(4):
+        counts, _ = np.histogram(values[:, unit], bins.edges)
+        np.testing.assert_array_equal(fused.moments["hist"][unit, 1:-1], counts)
+        assert fused.moments["hist"][unit, 0] == (values[:, unit] < -1).sum()
+        assert fused.moments["n_low"][unit] == (values[:, unit] < np.float32(-0.9)).sum()
+        assert fused.moments["max"][unit] == values[:, unit].max()
+        assert fused.moments["mean"][unit] == pytest.approx(values[:, unit].astype(np.float64).mean(), rel=1e-12)
+
+
+@pytest.mark.parametrize("family", ["sigmoid", "tanh", "linear"])
+@pytest.mark.parametrize("steps", [1, 2, 17])
+@pytest.mark.parametrize("specials", [False, True])
+def test_fused_window_features_equal_the_numpy_features(family, steps, specials):
+    rng = np.random.default_rng(steps)
+    trace = _hostile(rng, (11, steps, 2, 6), family, specials=specials)
+    low, high = SATURATION[family]
+    fused = gate_pass(trace, StatsConfig().family_bins(family), low, high, features=True).features
+    with np.errstate(invalid="ignore", over="ignore"):  # inf − inf in the numpy reading, as in replay
+        expected = np.stack(_one_gate(trace, family, FEATURES, StatsConfig()), axis=1).astype(np.float64)
+    assert fused.shape == expected.shape == (11, len(FEATURES))
+    np.testing.assert_array_equal(np.isnan(fused), np.isnan(expected))
+    np.testing.assert_allclose(fused, expected, rtol=2e-5, atol=2e-6)
+
+
+def test_fused_peaks_are_numpys_argmax_and_argmin_per_window_and_unit():
+    rng = np.random.default_rng(5)
+    trace = np.round(rng.uniform(-1, 1, (7, 9, 2, 3)), 1).astype(np.float32)  # ties on a coarse grid
+    trace[rng.random(trace.shape) < 0.1] = np.nan
+    trace[2, :, 1, 2] = np.nan
+    up, up_t, down, down_t = gate_pass(trace, Bins(-1.0, 1.0, 64), -0.9, 0.9, peaks=True).peaks
+    x = trace.reshape(7, 9, 6)
+    scored = np.where(np.isnan(x), -np.inf, x)
+    np.testing.assert_array_equal(up_t, scored.argmax(axis=1))
+    np.testing.assert_array_equal(up, scored.max(axis=1))
+    low = np.where(np.isnan(x), np.inf, x)
+    np.testing.assert_array_equal(down_t, low.argmin(axis=1))
+    np.testing.assert_array_equal(down, low.min(axis=1))
+
+
+def test_replay_statistics_are_the_same_through_the_fused_pass_and_the_reference(monkeypatch):
+    """A whole layer's statistics frame through `LayerStats`, fused against the reference pass."""
+    from reporter.replay import gate_moments
+    from reporter.replay.stats import LayerStats
+
+    layer = Layer(name="l", kind="LSTM", directions=1, hidden_size=4, outputs={g: g for g in "ifgoch"})
+    rng = np.random.default_rng(2)
+    traces = {gate: rng.normal(0.3, 0.6, (8, 10, 1, 4)).astype(np.float32) for gate in "ifgoch"}
+    fused = LayerStats(layer)
+    for gate, trace in traces.items():
+        fused.update(gate, trace)
+    monkeypatch.setattr(gate_moments, "gate_update", stats_reference.gate_update)
+    monkeypatch.setattr("reporter.replay.stats.gate_update", stats_reference.gate_update)
+    reference = LayerStats(layer)
+    for gate, trace in traces.items():
+        reference.update(gate, trace)
+    a, b = fused.gate_frame(), reference.gate_frame()
+    for column in ("count", "min", "max", "frac_low", "frac_high", "hist_under", "hist_over"):
+        np.testing.assert_array_equal(a[column], b[column], err_msg=column)
+    assert [list(h) for h in a["histogram"]] == [list(h) for h in b["histogram"]]
+    np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-12)
+    np.testing.assert_allclose(a["std"], b["std"], rtol=1e-9)
