@@ -333,6 +333,8 @@ def test_cell_view_colours_the_text_by_the_picked_unit_and_finds_similar_spans(
     assert state["status"].startswith(
         f"{shared} {verb[0]} of {layer.name} {verb[1]} h on over steps {first}–{first + 2}"
     )
+    listed = ", ".join(f"unit {u}" for u in np.flatnonzero(h[first : first + 3].all(axis=0))[:12])
+    assert f"({listed}" in state["status"]  # the page reads the same units from its bits as numpy does
     results = state["results"]
     assert results and results[0]["score"] == pytest.approx(_best_match(run, layer.name, window, first, first + 2, on))
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)

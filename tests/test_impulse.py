@@ -40,7 +40,7 @@ def _decaying_rnn(decay: float, direction: str = "forward"):
 def _runner(model):
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    return lambda windows: dict(zip(names, session.run(None, {"x": windows})))
+    return lambda windows, rows: dict(zip(names, session.run(None, {"x": windows})))
 
 
 @pytest.mark.parametrize("decay", [0.5, 0.8, 0.95])
@@ -84,7 +84,7 @@ def test_model_outputs_with_a_time_axis_get_curves_and_tokens_are_substituted():
 
     calls = []
 
-    def token_run(ids):
+    def token_run(ids, rows):
         calls.append(ids.copy())
         return {"h": (ids[:, :, None, None] * 1.0).astype(np.float32)}
 

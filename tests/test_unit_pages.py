@@ -92,8 +92,11 @@ def test_a_token_windows_cell_view_carries_its_traces_and_every_sampled_windows_
                 trace = run.traces[f"{layer.name}/{gate}"][position].astype(np.float32).reshape(100, -1)
                 values = _decode(coded["q"], np.int8).reshape(trace.shape) / 127 * coded["scale"]
                 np.testing.assert_allclose(values, trace, atol=coded["scale"] / 254 + 1e-6)
-        assert [w["window"] for w in data["similar"]["windows"]] == [int(w) for w in run.traces["window"]]
-        for other, stored in enumerate(data["similar"]["windows"]):
+        assert '<script src="similar.js"></script>' in page
+        script = (site / "runs" / "charlm-v1" / "similar.js").read_text(encoding="utf-8")
+        similar = json.loads(script.removeprefix("window.__similar = ").removesuffix(";\n"))
+        assert [w["window"] for w in similar["windows"]] == [int(w) for w in run.traces["window"]]
+        for other, stored in enumerate(similar["windows"]):
             for layer in run.layers:
                 h = run.traces[f"{layer.name}/h"][other].astype(np.float32).reshape(100, -1)
                 bits = np.unpackbits(

@@ -11,14 +11,36 @@ from reporter.layers import Layer
 from reporter.replay.text_features import TokenProps, step_features
 from reporter.replay.unit_tracks import TrackConfig, UnitTracks
 
-VOCAB = [" ", "\n", "\n  ", "a", "bc", '"', "'", "(", ")", "[]", "((", "x = ", "\t", "def", "\n\t"]
+VOCAB = [
+    " ",
+    "\n",
+    "\n  ",
+    "a",
+    "bc",
+    '"',
+    "'",
+    "(",
+    ")",
+    "[]",
+    "((",
+    "x = ",
+    "\t",
+    "def",
+    "\n\t",
+    "){",
+    ")(",
+    "\"'",
+    "it's",
+    "'a'",
+    "])",
+]
 LAYER = Layer(name="rnn", kind="GRU", directions=1, hidden_size=3, outputs={"h": "out.h"})
 BIDI = Layer(name="bi", kind="GRU", directions=2, hidden_size=2, outputs={"h": "bi.h"})
 
 
 def read_by_character(ids: np.ndarray, vocab: list[str]) -> dict[str, list[float]]:
     """The oracle: walk the decoded text one character at a time, noting the facts after each token."""
-    double = single = False
+    double = single = word = False
     depth = floor = position = indent = 0
     line_open = True
     facts = {"quotes": [], "brackets": [], "line_position": [], "indentation": []}
@@ -26,8 +48,9 @@ def read_by_character(ids: np.ndarray, vocab: list[str]) -> dict[str, list[float
         for char in token:
             if char == '"' and not single:
                 double = not double
-            elif char == "'" and not double:
+            elif char == "'" and not double and (single or not word):  # it's: an apostrophe, not a quote
                 single = not single
+            word = char.isalnum()
             depth += (char in "([{") - (char in ")]}")
             floor = min(floor, depth)
             if char == "\n":
@@ -190,3 +213,19 @@ def test_a_unit_on_at_one_token_is_described_by_that_token_shown_visibly():
     habits = tracks.hypotheses_frame()
     assert set(habits["unit"]) == {0}
     assert [text for text in habits["text"] if text.startswith("on at token ␣: 1.00 of its high values")], habits
+
+
+def test_steps_without_a_value_take_no_part_in_a_correlation():
+    rng = np.random.default_rng(6)
+    ids, vocab = _text_windows(rng, 100, 60)
+    position = np.array([read_by_character(row, vocab)["line_position"] for row in ids])
+    h = np.tanh((position - 12) / 10)[:, :, None, None].repeat(3, axis=3).astype(np.float32)
+    h[..., 1:] = rng.uniform(-1, 1, h[..., 1:].shape)
+    h[..., 0][rng.random(position.shape) < 0.4] = np.nan  # a position cell with 40% of its values missing
+    tracks = UnitTracks([LAYER], vocab)
+    _fold(tracks, h, np.arange(100), ids, [slice(0, 50), slice(50, 100)])
+    habits = tracks.hypotheses_frame()
+    found = habits[(habits["unit"] == 0) & (habits["hypothesis"] == "line_position")]
+    seen = ~np.isnan(h[..., 0, 0])
+    r = np.corrcoef(h[..., 0, 0][seen], position[seen])[0, 1]
+    assert len(found) == 1 and found["score"].iloc[0] == pytest.approx(r, rel=1e-9)

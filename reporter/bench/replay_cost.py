@@ -1,13 +1,17 @@
-"""`gate-report bench --replay`: replay throughput and peak memory as the number of windows grows.
+"""`gate-report bench --replay`: replay throughput and peak memory, by model and number of windows.
 
-Each size runs in a fresh subprocess (so peak resident memory, `ru_maxrss`, is that size's alone):
-the sample forecaster is replayed with everything `gate-report replay` does (statistics, anomaly
-scores, sampled traces, impulse responses, the run directory written) over N windows made by
-tiling its stored windows with a little noise. In the same subprocess, as the baseline, the fused
-model alone runs over the same windows on the same threads. Reported: windows/s of both, their
-ratio, and peak memory per size with the ratio largest ÷ smallest (goal ≤ 1.3: memory must not
-grow with the number of windows; only the per-window rows of window_scores do, ~0.5 KB each).
-With several providers (`--provider cpu,cuda`) every size runs once per provider, so a GPU's
+Each case runs in a fresh subprocess (so peak resident memory, `ru_maxrss`, is that case's alone)
+and does everything `gate-report replay` does (statistics, anomaly scores, sampled traces,
+impulse responses, the run directory written). The models: the sample forecaster (2 × 32 LSTM
+units, 64 steps) over N windows made by tiling its stored windows with a little noise, at two
+sizes for memory flatness; a mid-size 2-layer LSTM (input 16, 128 units, 100 steps; seeded
+random weights, `bench_models`) over 4,000 windows; and a 1,024-unit one over 600 windows with
+a 2 GB memory budget, where the batch size the budget chose is what is measured. In the same
+subprocess, as the baseline, the fused model alone runs over the same windows on the same
+threads and batches. Reported: windows/s of both, their ratio, the batch size, and peak memory
+(goal ≤ 1.3 for the forecaster's largest ÷ smallest: memory must not grow with the number of
+windows; only the per-window rows of window_scores do, ~0.5 KB each).
+With several providers (`--provider cpu,cuda`) every case runs once per provider, so a GPU's
 speed-up is read against the CPU in the same benchmark on the same machine.
 """
 
@@ -26,7 +30,7 @@ import numpy as np
 
 from reporter.pipeline.model_source import ModelRecipe
 
-__all__ = ["ReplayBench", "bench_replay", "format_replay", "make_windows"]
+__all__ = ["DEFAULT_CASES", "Case", "ReplayBench", "bench_replay", "format_replay", "make_windows"]
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: the benchmark replays its sample forecaster
 WINDOWS = ROOT / "sample_models" / "forecaster" / "windows.npz"
@@ -34,8 +38,25 @@ SAMPLE = ModelRecipe(ROOT / "sample_models" / "forecaster" / "v1.pt", "sample_mo
 
 
 @dataclass(frozen=True)
+class Case:
+    """One model and size to replay; `memory` (bytes) makes replay choose its batch from a budget."""
+
+    model: str  # a key of `bench_models.MODELS`
+    windows: int
+    memory: int | None = None
+
+
+DEFAULT_CASES = (
+    Case("forecaster", 5000),
+    Case("forecaster", 50000),
+    Case("lstm128", 4000),
+    Case("lstm1024", 600, memory=2 << 30),
+)
+
+
+@dataclass(frozen=True)
 class ReplayBench:
-    """One size: replay and fused-model throughput, wall time of the whole run, peak memory."""
+    """One case: replay and fused-model throughput, wall time of the whole run, peak memory."""
 
     windows: int
     provider: str  # "cpu" or "cuda"
@@ -44,6 +65,9 @@ class ReplayBench:
     fused_wps: float  # windows/s of the fused model alone, same threads and batches
     total_s: float  # the whole run: replay, scoring, sampled traces, impulse, writing
     peak_rss_mb: float
+    model: str = "forecaster"
+    batch: int = 256  # windows per batch, as the memory budget chose
+    memory_mb: float | None = None  # the budget, when one was set
 
     @property
     def cost(self) -> float:
@@ -94,24 +118,29 @@ def _fused_throughput(model, source, batch_size: int, workers: int, provider: st
     return source.n_windows / (time.perf_counter() - start)
 
 
-def child(count: int, batch_size: int, provider: str = "cpu", workers: int | None = None) -> dict:
-    """Run in the subprocess: one full replay of `count` windows, then the fused baseline."""
+def child(
+    count: int, batch_size: int | None, provider: str = "cpu", workers: int | None = None, model: str = "forecaster",
+    memory: int | None = None,
+) -> dict:  # fmt: skip
+    """Run in the subprocess: one full replay of `count` windows of `model`, then the fused baseline."""
     import resource
 
+    from reporter.bench.bench_models import MODELS
     from reporter.pipeline.make_run import RunSettings, make_run
     from reporter.pipeline.model_source import exposed_model
     from reporter.replay.windows import open_windows_source
 
     with tempfile.TemporaryDirectory() as folder:
-        source = open_windows_source(make_windows(count, Path(folder) / "windows.npy"))
+        recipe, windows = MODELS[model](Path(folder), count)
+        source = open_windows_source(windows)
         start = time.perf_counter()
-        model = exposed_model(SAMPLE, source)
-        run = make_run(
-            model, source, RunSettings("forecaster", "bench", provider=provider, batch_size=batch_size, workers=workers)
-        )
+        exposed = exposed_model(recipe, source)
+        settings = RunSettings(model, "bench", provider=provider, batch_size=batch_size, memory=memory, workers=workers)
+        run = make_run(exposed, source, settings)
         run.save(Path(folder) / "run")
         total = time.perf_counter() - start
-        fused = _fused_throughput(model.fused, source, batch_size, run.meta["workers"], provider)
+        batch = run.meta["batch_size"]
+        fused = _fused_throughput(exposed.fused, source, batch, run.meta["workers"], provider)
     return {
         "windows": count,
         "provider": provider,
@@ -120,55 +149,65 @@ def child(count: int, batch_size: int, provider: str = "cpu", workers: int | Non
         "fused_wps": fused,
         "total_s": total,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "model": model,
+        "batch": batch,
+        "memory_mb": memory / (1 << 20) if memory else None,
     }
 
 
 def bench_replay(
-    sizes=(5000, 50000), batch_size: int = 256, say=print, providers=("cpu",), workers: int | None = None
+    cases=DEFAULT_CASES, batch_size: int | None = None, say=print, providers=("cpu",), workers: int | None = None
 ) -> list[ReplayBench]:
-    """Measure each size, for each provider, in its own subprocess."""
+    """Measure each case, for each provider, in its own subprocess."""
     rows = []
     for provider in providers:
-        for count in sizes:
-            say(f"replaying {count} windows on {provider} in a fresh process …")
+        for case in cases:
+            say(f"replaying {case.windows} windows of {case.model} on {provider} in a fresh process …")
             code = (
-                f"import json, reporter.bench.replay_cost as b; "
-                f"print(json.dumps(b.child({count}, {batch_size}, {provider!r}, {workers!r})))"
+                f"import json, reporter.bench.replay_cost as b; print(json.dumps(b.child({case.windows}, "
+                f"{batch_size!r}, {provider!r}, {workers!r}, {case.model!r}, {case.memory!r})))"
             )
             done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
             if done.returncode != 0:
-                raise RuntimeError(f"replay benchmark of {count} windows on {provider} failed:\n{done.stderr}")
+                raise RuntimeError(f"replay benchmark of {case} on {provider} failed:\n{done.stderr}")
             rows.append(ReplayBench(**json.loads(done.stdout.strip().splitlines()[-1])))
     return rows
 
 
 def format_replay(rows: list[ReplayBench]) -> str:
-    """A plain-text table; per provider the peak-memory ratio largest ÷ smallest run, and with
-    several providers each one's replay speed against the first's."""
+    """A plain-text table; per provider and model the peak-memory ratio largest ÷ smallest run, and
+    with several providers each one's replay speed against the first's."""
     lines = [
-        f"{'provider':>8} {'workers':>7} {'windows':>8} {'replay win/s':>13} {'fused win/s':>12} "
-        f"{'fused/replay':>13} {'whole run s':>12} {'peak RSS MB':>12}"
+        f"{'provider':>8} {'model':>10} {'workers':>7} {'windows':>8} {'batch':>6} {'replay win/s':>13} "
+        f"{'fused win/s':>12} {'fused/replay':>13} {'whole run s':>12} {'peak RSS MB':>12} {'budget MB':>10}"
     ]
     for r in rows:
+        budget = f"{r.memory_mb:.0f}" if r.memory_mb else "—"
         lines.append(
-            f"{r.provider:>8} {r.workers:>7} {r.windows:>8} {r.replay_wps:>13.0f} {r.fused_wps:>12.0f} "
-            f"{r.cost:>12.2f}× {r.total_s:>12.1f} {r.peak_rss_mb:>12.0f}"
+            f"{r.provider:>8} {r.model:>10} {r.workers:>7} {r.windows:>8} {r.batch:>6} {r.replay_wps:>13.0f} "
+            f"{r.fused_wps:>12.0f} {r.cost:>12.2f}× {r.total_s:>12.1f} {r.peak_rss_mb:>12.0f} {budget:>10}"
         )
     providers = list(dict.fromkeys(r.provider for r in rows))
     for provider in providers:
-        mine = [r for r in rows if r.provider == provider]
-        if len(mine) > 1:
-            ratio = mine[-1].peak_rss_mb / mine[0].peak_rss_mb
-            lines.append(
-                f"{provider}: peak memory {mine[-1].windows} ÷ {mine[0].windows} windows: {ratio:.2f}× "
-                f"(goal ≤ 1.3: flat)"
-            )
-    first = {r.windows: r for r in rows if r.provider == providers[0]}
+        for model in dict.fromkeys(r.model for r in rows):
+            mine = [r for r in rows if r.provider == provider and r.model == model]
+            if len(mine) > 1:
+                ratio = mine[-1].peak_rss_mb / mine[0].peak_rss_mb
+                lines.append(
+                    f"{provider}: peak memory {mine[-1].windows} ÷ {mine[0].windows} windows: {ratio:.2f}× "
+                    f"(goal ≤ 1.3: flat)"
+                )
+        for r in rows:
+            if r.provider == provider and r.memory_mb and r.peak_rss_mb > r.memory_mb:
+                lines.append(
+                    f"{provider}: {r.model} peaked at {r.peak_rss_mb:.0f} MB, over its {r.memory_mb:.0f} MB budget"
+                )
+    first = {(r.model, r.windows): r for r in rows if r.provider == providers[0]}
     for r in rows:
-        if r.provider != providers[0] and r.windows in first:
+        if r.provider != providers[0] and (r.model, r.windows) in first:
             lines.append(
-                f"{r.provider} ÷ {providers[0]} replay, {r.windows} windows: "
-                f"{r.replay_wps / first[r.windows].replay_wps:.2f}×"
+                f"{r.provider} ÷ {providers[0]} replay, {r.model} {r.windows} windows: "
+                f"{r.replay_wps / first[(r.model, r.windows)].replay_wps:.2f}×"
             )
     lines.append(
         "replay: statistics and anomaly features per batch, one host thread per session (cpu: 1-thread "

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from reporter.cli import commands
-from reporter.cli.commands import positive
+from reporter.cli.commands import memory_size, positive
 
 __all__ = ["build_parser"]
 
@@ -83,7 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="onnxruntime provider (auto: CUDA when onnxruntime-gpu finds a GPU)",
     )
-    replay.add_argument("--batch-size", type=positive, default=256, help="windows per batch (default 256)")
+    replay.add_argument(
+        "--batch-size", type=positive, help="windows per batch (default: as many as --memory allows, at most 256)"
+    )
+    replay.add_argument(
+        "--memory",
+        type=memory_size,
+        metavar="SIZE",
+        help="memory replay may use, e.g. 2G or 512M; sets the batch size (default: a quarter of this machine's)",
+    )
     replay.add_argument("--workers", type=positive, help="CPU sessions run side by side (default: up to 2 cores)")
     replay.add_argument(
         "--dask",
@@ -171,10 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--replay",
         nargs="?",
-        const="5000,50000",
+        const="default",
         metavar="N,N",
-        help="instead: replay throughput and peak memory of the sample forecaster over N windows, "
-        "each size in a fresh process (default sizes 5000,50000)",
+        help="instead: replay throughput, batch size and peak memory, each case in a fresh process: by default "
+        "the sample forecaster over 5000 and 50000 windows, a 2 × 128-unit LSTM over 4000 and a 2 × 1024-unit "
+        "one over 600 with a 2 GB budget; with N,N only the forecaster, over N windows",
     )
     bench.add_argument(
         "--provider",

@@ -30,6 +30,17 @@ def _kwargs(text: str | None) -> dict:
     return value
 
 
+def memory_size(text: str) -> int:
+    """argparse type: a size in bytes such as 2G or 512M (`replay.batch_budget.parse_memory`)."""
+    from reporter.errors import ConfigError
+    from reporter.replay.batch_budget import parse_memory
+
+    try:
+        return parse_memory(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def positive(text: str) -> int:
     """argparse type: an integer ≥ 1."""
     value = int(text)
@@ -98,7 +109,6 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.replay:
         from reporter.bench import replay_cost
 
-        sizes = [positive(size) for size in args.replay.split(",")]
         providers = [provider.strip() for provider in args.provider.split(",")]
         for provider in providers:
             if provider not in ("cpu", "cuda"):
@@ -107,8 +117,13 @@ def run_bench(args: argparse.Namespace) -> int:
                 from reporter.replay.sessions import choose_provider
 
                 choose_provider("cuda")  # says what is missing before any benchmark starts
+        sizes = [] if args.replay == "default" else [positive(size) for size in args.replay.split(",")]
+        cases = [replay_cost.Case("forecaster", size) for size in sizes]
         rows = replay_cost.bench_replay(
-            sizes, say=lambda line: print(line, file=sys.stderr, flush=True), providers=providers, workers=args.workers
+            cases or replay_cost.DEFAULT_CASES,
+            say=lambda line: print(line, file=sys.stderr, flush=True),
+            providers=providers,
+            workers=args.workers,
         )
         print(replay_cost.format_replay(rows))
         return 0
@@ -163,6 +178,7 @@ def run_replay(args: argparse.Namespace) -> int:
         version=args.version or file_sha256(args.checkpoint)[:8],
         provider=args.provider,
         batch_size=args.batch_size,
+        memory=args.memory,
         workers=args.workers,
         dask=args.dask,
     )

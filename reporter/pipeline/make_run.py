@@ -24,9 +24,10 @@ from reporter.layers import gate_order
 from reporter.pipeline.model_source import ModelSource
 from reporter.provenance import file_sha256, made_at, package_versions
 from reporter.replay.anomaly import explain_window, feature_names, score_windows, typical_from_timestep_stats
+from reporter.replay.batch_budget import CAP
 from reporter.replay.feeds import Feeds, plan_feeds
 from reporter.replay.gate_moments import StatsConfig
-from reporter.replay.impulse import IMPULSE_COLUMNS, impulse_response
+from reporter.replay.impulse import IMPULSE_COLUMNS, impulse_outputs, impulse_response
 from reporter.replay.runner import Replayer, ReplayResult
 from reporter.replay.sessions import choose_provider
 from reporter.replay.windows import WindowSource
@@ -42,7 +43,8 @@ class RunSettings:
     model: str
     version: str
     provider: str = "auto"
-    batch_size: int = 256
+    batch_size: int | None = None  # None: as many windows as `memory` allows (`replay.batch_budget`)
+    memory: int | None = None  # bytes replay may use; None: a quarter of the machine's memory
     workers: int | None = None
     stats: StatsConfig = field(default_factory=StatsConfig)
     fixed_samples: int = 4  # evenly spaced through the file: the same windows in every run
@@ -92,13 +94,33 @@ def _reference_features(reference: Run | None, names: list[str]) -> pd.DataFrame
     return reference.window_scores[["window", *names]]
 
 
+def _in_batches(replayer: Replayer, batch: int):
+    """`replayer.run_batch` for any number of windows, `batch` at a time (the memory budget's
+    batch). An output a layer did not produce on every batch (an `If` branch some windows did
+    not take) comes back empty, as if it never ran."""
+
+    def run(windows: np.ndarray, indices: np.ndarray) -> dict[str, np.ndarray]:
+        parts = []
+        for start in range(0, len(windows), batch):
+            outputs = replayer.run_batch(windows[start : start + batch], indices[start : start + batch])
+            parts.append(outputs)
+        joined = {}
+        for name, first in parts[0].items():
+            pieces = [part[name] for part in parts]
+            same = all(piece.shape[1:] == first.shape[1:] and len(piece) for piece in pieces)
+            joined[name] = np.concatenate(pieces) if same else first[:0]
+        return joined
+
+    return run
+
+
 def _traces(
-    replayer: Replayer, source: WindowSource, indices: np.ndarray, reasons: np.ndarray
+    replayer: Replayer, source: WindowSource, indices: np.ndarray, reasons: np.ndarray, batch: int
 ) -> dict[str, np.ndarray]:
     """Full traces of the sampled windows: inputs, every gate (float16) and the model outputs. A
     layer that did not run on them (an `If` branch they did not take) has no trace."""
     windows = source.take(indices)
-    outputs = replayer.run_batch(windows, indices)
+    outputs = _in_batches(replayer, batch)(windows, indices)
     traces = {"window": indices, "reason": reasons.astype("U16"), "x": windows}
     for layer, gates in replayer.gates(outputs).items():
         for gate, trace in gates.items():
@@ -127,17 +149,20 @@ def _explanations(replayer: Replayer, traces: dict[str, np.ndarray], typical: di
     return frame[["window", *[c for c in frame.columns if c != "window"]]]
 
 
-def _impulse(replayer: Replayer, source: WindowSource, settings: RunSettings) -> pd.DataFrame:
-    """Impulse-response curves on a seeded sample of windows."""
+def _impulse(replayer: Replayer, source: WindowSource, settings: RunSettings, batch: int) -> pd.DataFrame:
+    """Impulse-response curves on a seeded sample of windows, run `batch` at a time (the memory
+    budget's batch), keeping only the states and outputs the curves read."""
     kept = source.indices()
     count = min(settings.impulse_windows, len(kept))
     chosen = np.sort(np.random.default_rng(settings.seed + 1).choice(kept, size=count, replace=False))
+    wanted = set(impulse_outputs(replayer.layers, replayer.output_names))
+
+    def run(windows: np.ndarray, rows: slice) -> dict[str, np.ndarray]:
+        outputs = replayer.run_batch(windows, chosen[rows])
+        return {name: value for name, value in outputs.items() if name in wanted}
+
     return impulse_response(
-        lambda windows: replayer.run_batch(windows, chosen),
-        source.take(chosen),
-        replayer.layers,
-        replayer.output_names,
-        seed=settings.seed,
+        run, source.take(chosen), replayer.layers, replayer.output_names, seed=settings.seed, chunk=batch
     )
 
 
@@ -170,7 +195,8 @@ def _meta(
         "provider": result.provider,
         "workers": result.workers,
         "dask": settings.dask,
-        "batch_size": settings.batch_size,
+        "batch_size": result.batch_size,
+        "memory_budget": settings.memory,
         "thresholds": {family: list(settings.stats.thresholds(family)) for family in ("sigmoid", "tanh", "linear")},
         "histogram_bins": settings.stats.bins,
         "reference": None if reference is None else {"name": reference.name, "path": str(reference.path)},
@@ -201,30 +227,37 @@ def make_run(
             )
         provider = "cpu"
         result = replay_on_dask(
-            settings.dask, model.exposed, model.layers, source, settings.batch_size, settings.stats, say, vocab=vocab
+            settings.dask,
+            model.exposed,
+            model.layers,
+            source,
+            settings.batch_size or CAP,
+            settings.stats,
+            say,
+            vocab=vocab,
         )
         replayer = Replayer(model.exposed, model.layers, provider, 1, settings.stats)  # for the few sampled windows
     else:
         provider, why = choose_provider(settings.provider)
         say(why)
         replayer = Replayer(model.exposed, model.layers, provider, settings.workers, settings.stats, feeds, vocab)
-        result = replayer.replay(source, settings.batch_size)
+        result = replayer.replay(source, settings.batch_size, memory=settings.memory)
     say(
         f"replayed {source.n_windows} windows in {result.seconds:.1f} s ({result.windows_per_second:.0f} windows/s, "
-        f"{result.workers} worker{'s' if result.workers > 1 else ''})"
+        f"{result.workers} worker{'s' if result.workers > 1 else ''}, batches of {result.batch_size})"
     )
     names = feature_names(model.layers)
     scores = score_windows(result.features, _reference_features(reference, names))
     ranked = scores.sort_values("rank")["window"].to_numpy()
     indices, reasons = sample_windows(source.indices(), ranked, settings)
-    traces = _traces(replayer, source, indices, reasons)
+    traces = _traces(replayer, source, indices, reasons, result.batch_size)
     frames = result.stats.to_frames()
     if len(source.shape) > 3:  # chunks with their own steps: an impulse per chunk axis would mislabel lags
         say("impulse responses left out: windows of chunks [N, T, …] with more than one axis per chunk")
         impulse = pd.DataFrame({name: pd.Series(dtype=object) for name in IMPULSE_COLUMNS})
     else:
         say("measuring impulse responses …")
-        impulse = _impulse(replayer, source, settings)
+        impulse = _impulse(replayer, source, settings, result.batch_size)
     meta = {**_meta(model, source, settings, result, reference), "inputs": feeds.describe()}
     meta["unit_tracks"] = dataclasses.asdict(result.tracks.config) if result.tracks else None
     if not frames.timestep_stats.empty:  # in gate steps: a carried window of T calls may step more than T times

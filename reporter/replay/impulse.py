@@ -22,7 +22,7 @@ import pandas as pd
 
 from reporter.layers import Layer
 
-__all__ = ["IMPULSE_COLUMNS", "impulse_response", "impulse_summary"]
+__all__ = ["impulse_outputs", "IMPULSE_COLUMNS", "impulse_response", "impulse_summary"]
 
 IMPULSE_COLUMNS = ("target", "kind", "perturbation", "feature", "direction", "lag", "response", "normalised")
 MAX_FEATURES = 16  # perturbed features by default: the most variable ones, when a model has more
@@ -39,6 +39,13 @@ def _rms_by_step(difference: np.ndarray) -> np.ndarray:
     """[B, T, ...] → [T]: RMS over everything but batch and time, then mean over the batch."""
     flat = difference.reshape(difference.shape[0], difference.shape[1], -1).astype(np.float64)
     return np.sqrt((flat**2).mean(axis=2)).mean(axis=0)
+
+
+def impulse_outputs(layers: list[Layer], output_names: Sequence[str]) -> list[str]:
+    """The graph outputs an impulse response reads: every layer's states and the model's outputs."""
+    return [layer.outputs[gate] for layer in layers for gate in _STATE_GATES if gate in layer.outputs] + list(
+        output_names
+    )
 
 
 def _curves(
@@ -90,7 +97,7 @@ def _perturbations(
 
 
 def impulse_response(
-    run: Callable[[np.ndarray], dict[str, np.ndarray]],
+    run: Callable[[np.ndarray, slice], dict[str, np.ndarray]],
     windows: np.ndarray,
     layers: list[Layer],
     output_names: Sequence[str],
@@ -100,37 +107,50 @@ def impulse_response(
     magnitude: float = 1.0,
     vocab: int | None = None,
     seed: int = 0,
+    chunk: int | None = None,
 ) -> pd.DataFrame:
     """Response curves, one row per target × perturbation × direction × lag (columns: IMPULSE_COLUMNS).
 
-    `run(windows)` returns every graph output of the exposed model; the impulse goes in at `step`
-    (default: a quarter into the window, leaving three quarters to watch it decay).
+    `run(windows, rows)` returns every graph output of the exposed model for `windows`, which are
+    `windows[rows]` of the ones given here; the impulse goes in at `step` (default: a quarter into
+    the window, leaving three quarters to watch it decay). Windows are run `chunk` at a time
+    (default: all at once): each curve is a mean over windows, so chunks add up to the same curve
+    while only one chunk's outputs are held.
     """
     steps = windows.shape[1]
     step = steps // 4 if step is None else step
     if not 0 <= step < steps:
         raise ValueError(f"impulse step {step} is outside windows of {steps} steps")
-    base = run(windows)
+    chunk = chunk or len(windows)
+    perturbations = list(_perturbations(windows, step, features, magnitude, vocab, seed))
+    sums: dict[tuple, np.ndarray] = {}
+    for start in range(0, len(windows), chunk):
+        rows = slice(start, min(start + chunk, len(windows)))
+        count = rows.stop - rows.start
+        base = run(windows[rows], rows)
+        for label, feature, pushed in perturbations:
+            curves = _curves(base, run(pushed[rows], rows), layers, output_names, step, steps, count)
+            for target, kind, direction, curve in curves:
+                key = (label, feature, target, kind, direction)
+                sums[key] = sums.get(key, 0.0) + curve * count
     rows = []
-    for label, feature, pushed in _perturbations(windows, step, features, magnitude, vocab, seed):
-        for target, kind, direction, curve in _curves(
-            base, run(pushed), layers, output_names, step, steps, len(windows)
-        ):
-            peak = curve.max()
-            rows.append(
-                pd.DataFrame(
-                    {
-                        "target": target,
-                        "kind": kind,
-                        "perturbation": label,
-                        "feature": feature,
-                        "direction": direction,
-                        "lag": np.arange(len(curve), dtype=np.int64),
-                        "response": curve,
-                        "normalised": curve / peak if peak > 0 else np.zeros_like(curve),
-                    }
-                )
+    for (label, feature, target, kind, direction), total in sums.items():
+        curve = total / len(windows)
+        peak = curve.max()
+        rows.append(
+            pd.DataFrame(
+                {
+                    "target": target,
+                    "kind": kind,
+                    "perturbation": label,
+                    "feature": feature,
+                    "direction": direction,
+                    "lag": np.arange(len(curve), dtype=np.int64),
+                    "response": curve,
+                    "normalised": curve / peak if peak > 0 else np.zeros_like(curve),
+                }
             )
+        )
     if not rows:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in IMPULSE_COLUMNS})
     frame = pd.concat(rows, ignore_index=True)

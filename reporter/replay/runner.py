@@ -30,6 +30,7 @@ from tqdm import tqdm
 from reporter.errors import ModelError
 from reporter.layers import Layer
 from reporter.replay.anomaly import feature_names, features_from_passes
+from reporter.replay.batch_budget import CAP, choose_batch, current_rss, default_budget
 from reporter.replay.calls import run_calls
 from reporter.replay.feeds import Feeds
 from reporter.replay.gate_moments import StatsConfig
@@ -75,6 +76,7 @@ class ReplayResult:
     seconds: float
     workers: int
     tracks: UnitTracks | None = None  # what each unit tracks (`unit_tracks`)
+    batch_size: int = 0  # windows per batch, as given or as the memory budget chose (`batch_budget`)
 
     @property
     def windows_per_second(self) -> float:
@@ -213,18 +215,31 @@ class Replayer:
             if all(outputs[name].shape[0] > 0 for name in layer.outputs.values())
         }
 
+    def batch_for(self, source: WindowSource, budget: int | None = None) -> int:
+        """Windows per batch within `budget` bytes (default: `batch_budget.default_budget`), from
+        what one window's outputs measure when run through the model."""
+        first = source.indices()[:1]
+        if not len(first):
+            return CAP
+        outputs = self._run(self._sessions[0], source.take(first), first)
+        window_bytes = sum(value.nbytes for value in outputs.values())
+        return choose_batch(window_bytes, self.workers, budget or default_budget(), current_rss())
+
     def replay(
         self,
         source: WindowSource,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         progress: bool | None = None,
         start: int = 0,
         stop: int | None = None,
+        memory: int | None = None,
     ) -> ReplayResult:
-        """Replay the windows of `source` with file index in [start, stop) (default: all of them).
+        """Replay the windows of `source` with file index in [start, stop) (default: all of them),
+        `batch_size` windows at a time, or as many as fit in `memory` bytes (`batch_for`).
 
         A progress bar with windows/s is shown when stderr is a terminal.
         """
+        batch_size = batch_size or self.batch_for(source, memory)
         shards = [
             (RunStats(self.layers, self.stats_config), UnitTracks(self.layers, self.vocab)) for _ in range(self.workers)
         ]
@@ -265,7 +280,7 @@ class Replayer:
             bar.close()
         if failure:
             raise failure[0]
-        return self._result(shards, rows, time.perf_counter() - start)
+        return self._result(shards, rows, time.perf_counter() - start, batch_size)
 
     def _work(
         self,
@@ -320,14 +335,16 @@ class Replayer:
         )
         return parts
 
-    def _result(self, shards: list[tuple[RunStats, UnitTracks]], rows: _Rows, seconds: float) -> ReplayResult:
+    def _result(
+        self, shards: list[tuple[RunStats, UnitTracks]], rows: _Rows, seconds: float, batch_size: int
+    ) -> ReplayResult:
         """Merge the workers' accumulators; per-window rows are already in window order."""
         stats, tracks = shards[0]
         for shard, tracked in shards[1:]:
             stats, tracks = stats.merge(shard), tracks.merge(tracked)
         frame = pd.DataFrame(rows.features, columns=feature_names(self.layers), copy=False)
         frame.insert(0, "window", rows.windows)
-        return ReplayResult(stats, frame, rows.outputs, self.provider, seconds, self.workers, tracks)
+        return ReplayResult(stats, frame, rows.outputs, self.provider, seconds, self.workers, tracks, batch_size)
 
 
 def merge_results(parts: list[ReplayResult], seconds: float, workers: int, provider: str) -> ReplayResult:
@@ -342,4 +359,4 @@ def merge_results(parts: list[ReplayResult], seconds: float, workers: int, provi
         name for name in (with_rows[0].outputs if with_rows else {}) if all(name in part.outputs for part in with_rows)
     ]
     outputs = {name: np.concatenate([part.outputs[name] for part in with_rows]) for name in names}
-    return ReplayResult(stats, features, outputs, provider, seconds, workers, tracks)
+    return ReplayResult(stats, features, outputs, provider, seconds, workers, tracks, parts[0].batch_size)

@@ -111,14 +111,73 @@ def _peaks(found: tuple, windows: np.ndarray, tokens, config: TrackConfig, sign:
         spots = t[:, :, None] + np.arange(-config.before, config.after + 1)  # [k, U, C]
         inside = (spots >= 0) & (spots < tokens.shape[1])
         context = np.where(inside, tokens[order[:, :, None], np.clip(spots, 0, tokens.shape[1] - 1)], -1)
-    keep = np.isfinite(value)  # a unit whose every value is NaN has no peak
+    keep = sign * value > -np.inf  # a unit whose every value is NaN has no peak (an infinite one has)
     value = np.where(keep, value, np.nan).astype(np.float32)
     return _Extremes(value, windows[order], t, context)
 
 
-def _counts(polar: np.ndarray, facts: np.ndarray) -> np.ndarray:
-    """Per unit and fact, the steps where both hold: [N, U] × [N, F] → [U, F] (exact integers)."""
-    return (polar.T.astype(np.float32) @ facts.astype(np.float32)).round().astype(np.int64)
+_ROWS = 2048  # steps counted at once: bounded temporaries, and float32 counts stay exact (< 2**24)
+
+
+def _batch_facts(tokens: np.ndarray, props: TokenProps, by_token: bool) -> dict[str, np.ndarray]:
+    """Per step of a batch (flattened): the binary and sized text facts, and with `by_token` the
+    token and the previous one, each step's place in an order grouping equal tokens."""
+    features = step_features(tokens, props)
+    facts = {
+        "binary": np.stack([features[name].reshape(-1) for name in BINARY], axis=1),
+        "sized": np.stack([features[name].reshape(-1) for name in CONTINUOUS], axis=1).astype(np.float64),
+    }
+    if by_token:
+        vocab = len(props.length) - 1
+        ids = np.where((tokens >= 0) & (tokens < vocab), tokens, vocab)  # ids outside it count as one "other"
+        previous = np.concatenate([np.full((len(ids), 1), vocab), ids[:, :-1]], axis=1)
+        facts |= {"token": ids.reshape(-1), "after": previous.reshape(-1), "vocab": np.array(vocab)}
+    return facts
+
+
+def _by_token(polar: np.ndarray, ids: np.ndarray, vocab: int) -> np.ndarray:
+    """Per unit and token, the steps where the unit is polar at that token: [U, vocab], exact,
+    from row blocks sorted by token (one add per value, whatever the vocabulary's size)."""
+    counts = np.zeros((vocab + 1, polar.shape[1]), np.int64)
+    for start in range(0, len(ids), _ROWS):
+        block = ids[start : start + _ROWS]
+        order = np.argsort(block, kind="stable")
+        present, first = np.unique(block[order], return_index=True)
+        counts[present] += np.add.reduceat(polar[start : start + _ROWS][order].astype(np.int32), first, axis=0)
+    return counts[:vocab].T
+
+
+def _blocks(polar: np.ndarray, binary: np.ndarray) -> np.ndarray:
+    """Per unit and binary fact, the steps where both hold: [U, F], exact (float32 sums of blocks
+    below 2**24 rows, added as integers)."""
+    total = np.zeros((polar.shape[1], binary.shape[1]), np.int64)
+    for i in range(0, len(polar), _ROWS):
+        total += (polar[i : i + _ROWS].T.astype(np.float32) @ binary[i : i + _ROWS]).round().astype(np.int64)
+    return total
+
+
+def _sums(h: np.ndarray, facts: dict[str, np.ndarray], on: float) -> dict[str, np.ndarray]:
+    """A layer's hypothesis counts and sums over one batch's steps (h [N, U], `_batch_facts`)."""
+    polar = {"on": h > on, "off": h < -on}
+    valid = np.isfinite(h)  # a NaN or infinite step takes no part in a correlation
+    values = np.where(valid, h, 0).astype(np.float64)
+    sized, seen = facts["sized"], valid.astype(np.float64)
+    sums = {"steps": np.array(len(h), np.int64), "on": polar["on"].sum(0), "off": polar["off"].sum(0)}
+    sums |= {"n": valid.sum(0), "sx": values.sum(0), "sxx": (values**2).sum(0)}
+    sums |= {"sf": seen.T @ sized, "sff": seen.T @ sized**2, "sxf": values.T @ sized}
+    base = [facts["binary"].sum(0, dtype=np.int64)]
+    for name in ("on", "off"):
+        sums[f"{name}_f"] = [_blocks(polar[name], facts["binary"])]
+    if "token" in facts:
+        vocab = int(facts["vocab"])
+        for key in ("token", "after"):
+            base.append(np.bincount(facts[key], minlength=vocab + 1)[:vocab])
+            for name in ("on", "off"):
+                sums[f"{name}_f"].append(_by_token(polar[name], facts[key], vocab))
+    sums["base"] = np.concatenate(base)
+    for name in ("on", "off"):
+        sums[f"{name}_f"] = np.concatenate(sums[f"{name}_f"], axis=1)
+    return sums
 
 
 @dataclass
@@ -151,7 +210,7 @@ class UnitTracks:
         """One batch (`gates`: layer → gate → [B, T, D, H]; `windows`: their indices; `inputs`:
         their model input) as fresh states; nothing accumulated yet. `peaks`, per layer, are the
         windows' highest and lowest h with their steps when replay's fused pass found them."""
-        parts = {}
+        parts, facts = {}, {}  # the text facts are the same for every layer: read once per batch
         for layer in self.layers:
             if layer.name not in gates:
                 continue  # did not run on this batch (an If branch)
@@ -166,27 +225,11 @@ class UnitTracks:
                 part.extremes[polarity] = _peaks(best, windows, tokens, self.config, sign)
             part.width = part.extremes["on"].context.shape[2]
             if tokens is not None and self.props is not None:
-                part.sums = self._sums(h.reshape(batch * steps, -1), tokens)
+                if not facts:
+                    facts = _batch_facts(tokens, self.props, len(self.vocab) <= self.config.max_vocab)
+                part.sums = _sums(h.reshape(batch * steps, -1), facts, self.config.on)
             parts[layer.name] = part
         return parts
-
-    def _sums(self, h: np.ndarray, tokens: np.ndarray) -> dict[str, np.ndarray]:
-        """A batch's hypothesis counts and sums (token windows with a vocabulary only)."""
-        on, off = h > self.config.on, h < -self.config.on
-        sums = {"steps": np.array(h.shape[0], np.int64), "on": on.sum(0), "off": off.sum(0)}
-        features = step_features(tokens, self.props)
-        facts = [np.stack([features[name].reshape(-1) for name in BINARY], axis=1)]
-        sized = np.stack([features[name].reshape(-1) for name in CONTINUOUS], axis=1).astype(np.float64)
-        values = np.nan_to_num(h.astype(np.float64))
-        sums |= {"sx": values.sum(0), "sxx": (values**2).sum(0), "sf": sized.sum(0), "sff": (sized**2).sum(0)}
-        sums["sxf"] = values.T @ sized
-        if self.vocab is not None and len(self.vocab) <= self.config.max_vocab:
-            ids, size = tokens.reshape(-1), len(self.vocab)
-            prev = np.concatenate([np.full((tokens.shape[0], 1), -1), tokens[:, :-1]], axis=1).reshape(-1)
-            facts += [ids[:, None] == np.arange(size), prev[:, None] == np.arange(size)]
-        table = np.concatenate(facts, axis=1)
-        sums |= {"base": table.sum(0, dtype=np.int64), "on_f": _counts(on, table), "off_f": _counts(off, table)}
-        return sums
 
     def fold(self, parts: dict) -> None:
         """Fold states made by `part` (by any UnitTracks of the same layers) into this one."""
@@ -297,11 +340,14 @@ def _habits(layer: Layer, state: _Layer, facts: list[tuple[str, str]], config: T
 
 
 def _correlation(sums: dict, u: int, f: int) -> float:
-    """Pearson's r of unit u's h with continuous feature f, from the streamed sums."""
-    n = float(sums["steps"])
-    cov = sums["sxf"][u, f] - sums["sx"][u] * sums["sf"][f] / n
+    """Pearson's r of unit u's h with continuous feature f, from the streamed sums over the steps
+    where h is finite."""
+    n = float(sums["n"][u])
+    if n < 2:
+        return 0.0
+    cov = sums["sxf"][u, f] - sums["sx"][u] * sums["sf"][u, f] / n
     var_x = sums["sxx"][u] - sums["sx"][u] ** 2 / n
-    var_f = sums["sff"][f] - sums["sf"][f] ** 2 / n
+    var_f = sums["sff"][u, f] - sums["sf"][u, f] ** 2 / n
     if var_x <= 1e-12 * n or var_f <= 1e-12 * n:
         return 0.0
     return float(cov / np.sqrt(var_x * var_f))

@@ -8,11 +8,13 @@ sub-folder of a docs server.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterator
 
 import jinja2
 
 from reporter.report import charts, diff_charts, window_charts
+from reporter.report.cell_view import SIMILAR_SCRIPT
 from reporter.report.gather import DiffView, RunView
 
 __all__ = ["render_diff", "render_site"]
@@ -70,6 +72,8 @@ def _run_pages(env: jinja2.Environment, view: RunView, common: dict) -> Iterator
     folder = f"runs/{view.slug}"
     page = functools.partial(_render, env, root="../../", view=view, **common)
     yield f"{folder}/index.html", page("run.html", figures=_run_figures(view), top=view.top, impulse=view.impulse)
+    if view.similar is not None:  # one file the run's window pages share, rather than a copy in each
+        yield f"{folder}/{SIMILAR_SCRIPT}", "window.__similar = " + json.dumps(view.similar, sort_keys=True) + ";\n"
     for window in view.windows:
         explained = window.explained
         figures = [
@@ -77,7 +81,10 @@ def _run_pages(env: jinja2.Environment, view: RunView, common: dict) -> Iterator
             window_charts.deviation_chart(explained),
             window_charts.typical_chart(explained),
         ]
-        yield f"{folder}/w{window.window}.html", page("window.html", window=window, figures=_figures(*figures))
+        yield (
+            f"{folder}/w{window.window}.html",
+            page("window.html", window=window, figures=_figures(*figures), similar_script=SIMILAR_SCRIPT),
+        )
         for layer in view.layers:
             ran = layer.name in window.traces  # a layer in an If branch this window did not take did not run
             heatmap = _figures(window_charts.heatmap_chart(layer, window.traces[layer.name])) if ran else []

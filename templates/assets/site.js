@@ -39,7 +39,7 @@
   var node = document.getElementById("cell-data");
   if (!node) { return; }
   var data = JSON.parse(node.textContent);
-  var cells = data.cells, similar = data.similar, TOP = 8, SHOWN = 10;
+  var cells = data.cells, similar = window.__similar, TOP = 8, SHOWN = 10;
   var layerSelect = document.getElementById("cell-layer");
   var gateSelect = document.getElementById("cell-gate");
   var unitSelect = document.getElementById("cell-unit");

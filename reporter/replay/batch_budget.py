@@ -1,0 +1,53 @@
+"""How many windows replay runs at once: as many as a memory budget allows, up to a cap.
+
+A batch's memory is its exposed model's outputs (every gate of every layer, float32, per window
+`steps × directions × hidden × gates × layers × 4` bytes: 0.6 MB for 2 × 128 LSTM units over 100
+steps, 4.9 MB for 1,024 units) plus what onnxruntime holds meanwhile (the Scan's time-major copy
+of each gate before it is transposed, the input projection), on every worker at once. So the
+batch is measured, not guessed: one window is run through the model, its outputs' bytes times
+`OVERHEAD` is the cost of a window, and the budget left over the process's current memory is
+shared among the workers. The cap keeps small models at the batch that measured fastest; the
+floor is one window (a model whose one window does not fit is run anyway, with a warning).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from reporter.errors import ConfigError
+
+__all__ = ["CAP", "OVERHEAD", "choose_batch", "current_rss", "default_budget", "parse_memory"]
+
+CAP = 256  # windows per batch at most: larger batches measured no faster (`gate-report bench`)
+OVERHEAD = 4.5  # peak ÷ output bytes of a batch in flight; measured 3.7 (`bench --replay`, 1,024-unit LSTM)
+_SHARE = 0.25  # of physical memory, the default budget
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_memory(text: str) -> int:
+    """A size in bytes from '2G', '512M', '1.5GB', '800MiB' or a plain number of bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
+    if not match or float(match[1]) <= 0:
+        raise ConfigError(f"--memory {text!r}: expected a size such as 2G, 512M or 1.5GB")
+    return int(float(match[1]) * _UNITS[match[2].upper()])
+
+
+def default_budget() -> int:
+    """A quarter of the machine's physical memory (what replay may take without crowding others)."""
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * _SHARE)
+
+
+def current_rss() -> int:
+    """This process's resident memory now, in bytes (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def choose_batch(window_bytes: int, workers: int, budget: int, used: int) -> int:
+    """Windows per batch so that `workers` batches in flight fit in `budget` beyond `used` bytes."""
+    per_window = max(1.0, window_bytes * OVERHEAD * workers)
+    return int(max(1, min(CAP, (budget - used) // per_window)))
