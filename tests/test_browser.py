@@ -283,21 +283,22 @@ SELECT_STEPS = """([first, last]) => {
 }"""
 
 
-def _best_match(run, layer: str, window: int, first: int, last: int, on: float) -> float:
-    """The oracle for "find similar": the best Jaccard similarity, over every span of every sampled
-    window (but the selection itself), between the units on throughout it and throughout the selection."""
+def _best_match(run, layer: str, window: int, first: int, last: int, on: float) -> tuple[int, float]:
+    """The oracle for "find similar": over every span of every sampled window (but the selection
+    itself), the most query units on throughout it, then the best Jaccard similarity of its units
+    on throughout and the selection's."""
     windows = [int(w) for w in run.traces["window"]]
     bits = run.traces[f"{layer}/h"].astype(np.float32).reshape(len(windows), -1, run.layers[0].hidden_size) > on
     length = last - first + 1
     query = bits[windows.index(window), first : last + 1].all(axis=0)
-    best = 0.0
+    best = (0, 0.0)
     for k, other in enumerate(windows):
         for start in range(bits.shape[1] - length + 1):
             if other == window and start <= last and start + length - 1 >= first:
                 continue
             there = bits[k, start : start + length].all(axis=0)
             if (query & there).any():
-                best = max(best, (query & there).sum() / (query | there).sum())
+                best = max(best, (int((query & there).sum()), (query & there).sum() / (query | there).sum()))
     return best
 
 
@@ -336,8 +337,10 @@ def test_cell_view_colours_the_text_by_the_picked_unit_and_finds_similar_spans(
     listed = ", ".join(f"unit {u}" for u in np.flatnonzero(h[first : first + 3].all(axis=0))[:12])
     assert f"({listed}" in state["status"]  # the page reads the same units from its bits as numpy does
     results = state["results"]
-    assert results and results[0]["score"] == pytest.approx(_best_match(run, layer.name, window, first, first + 2, on))
-    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    shared_best, score_best = _best_match(run, layer.name, window, first, first + 2, on)
+    assert results and results[0]["shared"] == shared_best and results[0]["score"] == pytest.approx(score_best)
+    ranks = [(r["shared"], r["score"]) for r in results]
+    assert ranks == sorted(ranks, reverse=True)
     links = page.eval_on_selector_all("#similar-results a", "a => a.map(e => e.getAttribute('href'))")
     assert len(links) == len(results) and all((sample_site / "runs" / "charlm-v1" / link).is_file() for link in links)
     assert tab.problems == [] and tab.outside == []

@@ -64,14 +64,14 @@ def graph_constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
             if attribute.name in ("value", "sparse_value") and isinstance(value, onnx.TensorProto):
                 values[node.output[0]] = numpy_helper.to_array(value)
             elif attribute.name in ("value_float", "value_floats", "value_int", "value_ints"):
-                values[node.output[0]] = np.asarray(value)
+                values[node.output[0]] = np.asarray(value, np.float32 if "float" in attribute.name else np.int64)
     return values
 
 
 class Dataflow:
     """Producers, consumers and constants of one graph (a model's main graph or a subgraph)."""
 
-    def __init__(self, graph: onnx.GraphProto, outer_constants: dict[str, np.ndarray] | None = None):
+    def __init__(self, graph: onnx.GraphProto, constants: dict[str, np.ndarray] | None = None):
         self.graph = graph
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
@@ -80,8 +80,9 @@ class Dataflow:
                 self.producer[name] = node
             for name in node.input:
                 self.consumers[name].append(node)
-        # a subgraph also sees its enclosing graphs' constants (a Loop body's "1" may live outside it)
-        self.constants = {**(outer_constants or {}), **graph_constants(graph)}
+        # a subgraph also sees its enclosing graphs' constants (a Loop body's "1" may live outside it):
+        # `constants` are those a caller has gathered for this graph and the graphs around it
+        self.constants = constants if constants is not None else graph_constants(graph)
 
     def op(self, name: str) -> str | None:
         node = self.producer.get(name)

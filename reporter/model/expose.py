@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -49,7 +50,8 @@ def expose_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Layer]]:
     exposed = _with_min_opset(exposed)
     graph = exposed.graph
     inferred, taken, notes = _inferred(exposed).graph, _all_names(graph), []
-    found = _expose_graph(graph, _Scope(inferred, _graph_types(inferred), graph_constants(graph)), [], taken, notes)
+    constants = graph_constants(graph)
+    found = _expose_graph(graph, _Scope(inferred, _graph_types(inferred, constants), constants), [], taken, notes)
     if not found:
         raise ModelError(
             f"model {graph.name!r} has no LSTM, GRU or RNN node, and no recurrent cell built from "
@@ -93,7 +95,8 @@ class _Scope:
         twin = self.inferred.node[k] if k < len(self.inferred.node) else node
         twin = twin if twin.op_type == node.op_type else node
         sub = next(a.g for a in twin.attribute if a.name == attribute)
-        return _Scope(sub, {**self.types, **_graph_types(sub)}, {**self.constants, **graph_constants(sub)})
+        constants = graph_constants(sub)
+        return _Scope(sub, {**self.types, **_graph_types(sub, constants)}, {**self.constants, **constants})
 
 
 def _expose_graph(
@@ -236,15 +239,13 @@ def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def _graph_types(graph: onnx.GraphProto) -> dict[str, tuple[int | None, list | None]]:
+def _graph_types(graph: onnx.GraphProto, constants: dict[str, np.ndarray]) -> dict[str, tuple[int | None, list | None]]:
     """Element type and dims (ints, or None where symbolic) of every tensor of one graph (not its
-    subgraphs) that shape inference knows."""
-    known = {}
-    for init in graph.initializer:
-        known[init.name] = (init.data_type, list(init.dims))
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            known[node.output[0]] = (node.attribute[0].t.data_type, list(node.attribute[0].t.dims))
+    subgraphs) that shape inference knows; `constants`, its initializers' and Constants' values
+    (`graph_constants`), count as known."""
+    known = {
+        name: (helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)) for name, value in constants.items()
+    }
     for info in [*graph.input, *graph.value_info, *graph.output]:
         if info.type.HasField("tensor_type"):
             tensor = info.type.tensor_type

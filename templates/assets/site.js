@@ -178,7 +178,7 @@
         if (shared > 0) { found.push({ window: w, start: start, shared: shared, score: shared / count(query, there, false) }); }
       }
     });
-    found.sort(function (a, b) { return b.score - a.score || b.shared - a.shared || a.window.window - b.window.window || a.start - b.start; });
+    found.sort(function (a, b) { return b.shared - a.shared || b.score - a.score || a.window.window - b.window.window || a.start - b.start; });
     var kept = [];
     found.forEach(function (hit) {
       var overlaps = kept.some(function (k) {
