@@ -148,6 +148,22 @@ MUTATIONS = (
         ("tests/test_stats.py", "-x"),
     ),
     Mutation(
+        "nan-binned-low",
+        "statistics are exact (the fused pass)",
+        "reporter/replay/fused_pass.py",
+        "k[u] = cells - 1 if v != v else",
+        "k[u] = 0 if v != v else",
+        ("tests/test_fused_pass.py", "-x"),
+    ),
+    Mutation(
+        "peaks-merge-lowest",
+        "statistics merge exactly (unit peaks)",
+        "reporter/replay/unit_tracks.py",
+        "order = np.lexsort((window, -sign * value), axis=0)[:k]",
+        "order = np.lexsort((window, sign * value), axis=0)[:k]",
+        ("tests/test_unit_tracks.py", "-x"),
+    ),
+    Mutation(
         "per-window-ignored",
         "every input is fed",
         "reporter/replay/feeds.py",
