@@ -229,3 +229,15 @@ def test_steps_without_a_value_take_no_part_in_a_correlation():
     seen = ~np.isnan(h[..., 0, 0])
     r = np.corrcoef(h[..., 0, 0][seen], position[seen])[0, 1]
     assert len(found) == 1 and found["score"].iloc[0] == pytest.approx(r, rel=1e-9)
+
+
+def test_a_backward_units_context_is_mostly_what_follows_its_step():
+    rng = np.random.default_rng(7)
+    h = rng.uniform(-1, 1, (6, 20, 2, 2)).astype(np.float32)
+    tokens = rng.integers(0, len(VOCAB), (6, 20))
+    tracks = UnitTracks([BIDI], VOCAB, TrackConfig(k=3, before=4, after=1))
+    tracks.fold(tracks.part({BIDI.name: {"h": h}}, np.arange(6), tokens))
+    for row in tracks.extremes_frame().itertuples():
+        lo, hi = (row.t - 1, row.t + 4) if row.direction == 1 else (row.t - 4, row.t + 1)  # reverse reads t..end
+        expected = [int(tokens[row.window, s]) if 0 <= s < 20 else -1 for s in range(lo, hi + 1)]
+        assert list(row.context) == expected, (row.direction, row.t)

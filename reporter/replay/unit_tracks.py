@@ -4,7 +4,8 @@ Per layer, over every replayed window (streamed: one batch at a time, memory fla
 unit's hidden state `h` (the value every cell kind has and passes on):
 
 - **Extremes.** The k windows where the unit is highest ("on") and lowest ("off"), each with its
-  step and, for token windows, the tokens around that step. One entry per window (its peak), so a
+  step and, for token windows, the tokens around that step (mostly before it; mostly after it for
+  units that read the window backwards). One entry per window (its peak), so a
   long quote does not fill the list with one window's neighbouring steps. Merging keeps the top k
   of both sides by (value, then window index): exact, in any order.
 - **Hypotheses** (token windows). Counts and sums that merge by addition, from which a unit's habit
@@ -26,7 +27,7 @@ from reporter.layers import Layer
 from reporter.replay.text_features import BINARY, CONTINUOUS, TokenProps, step_features
 from reporter.vocab import shown
 
-__all__ = ["EXTREMES_COLUMNS", "HYPOTHESES_COLUMNS", "TrackConfig", "UnitTracks"]
+__all__ = ["EXTREMES_COLUMNS", "HYPOTHESES_COLUMNS", "TrackConfig", "UnitTracks", "reads_backward"]
 
 EXTREMES_COLUMNS = ("layer", "direction", "unit", "polarity", "rank", "value", "window", "t", "context")
 HYPOTHESES_COLUMNS = ("layer", "direction", "unit", "hypothesis", "polarity", "score", "base", "count", "text")
@@ -96,7 +97,16 @@ def _per_window(h: np.ndarray, sign: float) -> tuple[np.ndarray, np.ndarray]:
     return sign * np.take_along_axis(scored, steps[:, None, :], axis=1)[:, 0], steps
 
 
-def _peaks(found: tuple, windows: np.ndarray, tokens, config: TrackConfig, sign: float) -> _Extremes:
+def reads_backward(layer: Layer) -> np.ndarray:
+    """Per unit (direction-major), whether it reads the window from its end: a reverse layer's
+    units, and a bidirectional layer's second direction. Their context is mostly what follows."""
+    backward = [layer.direction == "reverse" or d == 1 for d in range(layer.directions)]
+    return np.repeat(np.array(backward, bool), layer.hidden_size)
+
+
+def _peaks(
+    found: tuple, windows: np.ndarray, tokens, config: TrackConfig, sign: float, backward: np.ndarray
+) -> _Extremes:
     """One batch's candidates: per unit, each window's peak (`found`: value and step [B, U]), the
     batch's best k of them."""
     best, steps = sign * np.asarray(found[0], np.float64), np.asarray(found[1], np.int64)
@@ -108,7 +118,10 @@ def _peaks(found: tuple, windows: np.ndarray, tokens, config: TrackConfig, sign:
     width = config.before + 1 + config.after if tokens is not None else 0
     context = np.full((k, units, width), -1, np.int64)
     if tokens is not None:
-        spots = t[:, :, None] + np.arange(-config.before, config.after + 1)  # [k, U, C]
+        ahead = np.where(
+            backward[:, None], np.arange(-config.after, config.before + 1), np.arange(-config.before, config.after + 1)
+        )
+        spots = t[:, :, None] + ahead[None]  # [k, U, C]: a backward unit's context lies mostly after its step
         inside = (spots >= 0) & (spots < tokens.shape[1])
         context = np.where(inside, tokens[order[:, :, None], np.clip(spots, 0, tokens.shape[1] - 1)], -1)
     keep = sign * value > -np.inf  # a unit whose every value is NaN has no peak (an infinite one has)
@@ -222,7 +235,7 @@ class UnitTracks:
             found = (peaks or {}).get(layer.name)
             for k, (polarity, sign) in enumerate(zip(_POLES, (1.0, -1.0))):
                 best = (found[2 * k], found[2 * k + 1]) if found is not None else _per_window(h, sign)
-                part.extremes[polarity] = _peaks(best, windows, tokens, self.config, sign)
+                part.extremes[polarity] = _peaks(best, windows, tokens, self.config, sign, reads_backward(layer))
             part.width = part.extremes["on"].context.shape[2]
             if tokens is not None and self.props is not None:
                 if not facts:

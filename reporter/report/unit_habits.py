@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from reporter.layers import Layer
+from reporter.replay.unit_tracks import reads_backward
 from reporter.runstore import Run
 from reporter.vocab import shown, token_text
 
@@ -39,7 +40,8 @@ def unit_habits(run: Run, layer: Layer) -> dict[tuple[int, int], dict]:
     with window, step, value, page and context)."""
     out: dict[tuple[int, int], dict] = {}
     sampled = {int(w) for w in run.traces.get("window", [])}
-    before = int((run.meta.get("unit_tracks") or {}).get("before", 0))
+    tracking = run.meta.get("unit_tracks") or {}
+    backward = reads_backward(layer)
     hypotheses, extremes = run.unit_hypotheses, run.unit_extremes
     if not hypotheses.empty:
         for (direction, unit), rows in hypotheses[hypotheses["layer"] == layer.name].groupby(["direction", "unit"]):
@@ -51,13 +53,14 @@ def unit_habits(run: Run, layer: Layer) -> dict[tuple[int, int], dict]:
             rows["direction"], rows["unit"], rows["polarity"], rows["value"], rows["window"], rows["t"], rows["context"]
         ):
             entry = out.setdefault((int(direction), int(unit)), {"habits": [], "on": [], "off": []})
+            before = tracking.get("after" if backward[int(direction) * layer.hidden_size] else "before", 0)
             entry[polarity].append(
                 {
                     "window": int(window),
                     "t": int(t),
                     "value": float(value),
                     "page": f"w{int(window)}.html" if int(window) in sampled else None,
-                    "context": _context(run, np.asarray(context), before),
+                    "context": _context(run, np.asarray(context), int(before)),
                 }
             )
     return out
