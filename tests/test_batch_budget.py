@@ -1,0 +1,70 @@
+"""Replay's batch comes from a memory budget: sizes parse as people write them, the batch is what
+fits the budget beside the process's memory, a tighter budget gives a smaller batch and the same
+statistics, and a bad --memory is exit 2 with one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reporter.errors import ConfigError
+from reporter.pipeline.model_source import ModelRecipe, exposed_model
+from reporter.replay.batch_budget import CAP, OVERHEAD, choose_batch, parse_memory
+from reporter.replay.runner import Replayer
+from reporter.replay.windows import open_windows_source
+from tests.tiny_models import save_tiny
+
+
+@pytest.mark.parametrize(
+    "text, size",
+    [("2G", 2 << 30), ("512M", 512 << 20), ("1.5GB", int(1.5 * (1 << 30))), ("800MiB", 800 << 20), ("4096", 4096)],
+)
+def test_memory_sizes_read_as_written(text, size):
+    assert parse_memory(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1G", "0", "2X", "1.5.2G"])
+def test_a_size_that_is_not_one_is_refused_naming_what_was_given(text):
+    with pytest.raises(ConfigError, match="--memory"):
+        parse_memory(text)
+
+
+def test_the_batch_is_what_fits_the_budget_beside_what_is_used_capped_and_at_least_one():
+    window = 5 << 20
+    assert choose_batch(window, 2, 2 << 30, 1 << 30) == int((1 << 30) // (window * OVERHEAD * 2))
+    assert choose_batch(window, 1, 2 << 30, 1 << 30) == int((1 << 30) // (window * OVERHEAD))  # one worker: twice
+    assert choose_batch(1000, 2, 64 << 30, 0) == CAP
+    assert choose_batch(window, 2, 1 << 30, 2 << 30) == 1  # over budget already: one window at a time
+
+
+def test_a_tighter_budget_gives_smaller_batches_and_the_same_statistics(tmp_path):
+    checkpoint, _ = save_tiny(tmp_path)
+    windows = tmp_path / "w.npy"
+    np.save(windows, np.random.default_rng(3).standard_normal((300, 40, 3)).astype(np.float32))
+    source = open_windows_source(windows)
+    model = exposed_model(ModelRecipe(checkpoint, "tests.tiny_models:tiny_forecaster"), source)
+    replayer = Replayer(model.exposed, model.layers, "cpu", 2)
+    one = replayer.run_batch(source.take(np.array([0])))
+    window_bytes = sum(value.nbytes for value in one.values())
+    from reporter.replay.batch_budget import current_rss
+
+    tight = current_rss() + int(20 * window_bytes * OVERHEAD * 2)  # about 20 windows a worker
+    small = replayer.replay(source, memory=tight, progress=False)
+    roomy = replayer.replay(source, memory=64 << 30, progress=False)
+    assert roomy.batch_size == CAP and 10 <= small.batch_size <= 20
+    a, b = small.stats.to_frames().gate_stats, roomy.stats.to_frames().gate_stats
+    for column in ("count", "min", "max", "frac_low", "frac_high", "hist_under", "hist_over"):
+        np.testing.assert_array_equal(a[column], b[column], err_msg=column)
+    np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-9)
+
+
+def test_a_bad_memory_size_is_exit_2_and_one_line(tmp_path, capsys):
+    from reporter.cli import main
+
+    checkpoint, windows = save_tiny(tmp_path)
+    args = ["replay", str(checkpoint), "--factory", "tests.tiny_models:tiny_forecaster", "--windows", str(windows)]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "-o", str(tmp_path / "run"), "--memory", "lots"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and "--memory 'lots'" in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "run").exists()
