@@ -272,8 +272,8 @@ def make_run(
         impulse=impulse,
         traces=traces,
         outputs=result.outputs,
-        unit_extremes=result.tracks.extremes_frame() if result.tracks else None,
-        unit_hypotheses=result.tracks.hypotheses_frame() if result.tracks else None,
+        unit_extremes=result.tracks.extremes_frame() if result.tracks else pd.DataFrame(),
+        unit_hypotheses=result.tracks.hypotheses_frame() if result.tracks else pd.DataFrame(),
         timings={"replay_seconds": round(result.seconds, 3), "windows_per_second": round(result.windows_per_second, 1)},
     )
 
