@@ -15,6 +15,8 @@
                              inputs write differently (so it is kept out of run.json and the pages)
       unit_extremes.parquet  per unit of h: the windows where it is most on and off, step, context
       unit_hypotheses.parquet per unit: the habits that explain it (`reporter.replay.unit_tracks`)
+      weights.parquet        fused layers' weights per gate block: norms, spectra (`reporter.model.weights`)
+      weight_maps.npz        those weight matrices binned for heatmaps
       vocab.json             token models replayed with --vocab: id → the text it prints, a JSON list
 
 A run is written into a hidden sibling folder and renamed into place (`reporter.atomic`), so a
@@ -43,12 +45,13 @@ from reporter.layers import Layer, layers_from_json, layers_to_json
 from reporter.replay.stats import GATE_STATS_COLUMNS, TIMESTEP_STATS_COLUMNS
 from reporter.replay.unit_tracks import EXTREMES_COLUMNS, HYPOTHESES_COLUMNS
 
-__all__ = ["ARRAYS", "Run", "SCHEMA_VERSION", "TABLES", "UNIT_TABLES"]
+__all__ = ["ARRAYS", "LATER_ARRAYS", "LATER_TABLES", "Run", "SCHEMA_VERSION", "TABLES"]
 
 SCHEMA_VERSION = 1
 TABLES = ("gate_stats", "timestep_stats", "window_scores", "explanations", "impulse")
 ARRAYS = ("traces", "outputs")
-UNIT_TABLES = ("unit_extremes", "unit_hypotheses")  # absent in runs made before units were tracked
+LATER_TABLES = ("unit_extremes", "unit_hypotheses", "weights")  # absent in runs made before they were kept
+LATER_ARRAYS = ("weight_maps",)
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold: no build time leaks in
 _REQUIRED_COLUMNS = {
     "gate_stats": GATE_STATS_COLUMNS,
@@ -56,7 +59,11 @@ _REQUIRED_COLUMNS = {
     "window_scores": ("window", "anomaly_score", "rank"),
     "impulse": ("target", "lag", "response"),
 }
-_UNIT_COLUMNS = {"unit_extremes": EXTREMES_COLUMNS, "unit_hypotheses": HYPOTHESES_COLUMNS}
+_LATER_COLUMNS = {
+    "unit_extremes": EXTREMES_COLUMNS,
+    "unit_hypotheses": HYPOTHESES_COLUMNS,
+    "weights": ("layer", "direction", "gate", "matrix", "frobenius", "spectral_radius", "sigma_max"),  # what pages read
+}
 
 
 @dataclass
@@ -77,6 +84,8 @@ class Run:
     vocab: list[str] | None = None  # token id -> text (`reporter.vocab`), so pages show text: vocab.json
     unit_extremes: pd.DataFrame = field(default_factory=pd.DataFrame)  # `replay.unit_tracks`
     unit_hypotheses: pd.DataFrame = field(default_factory=pd.DataFrame)
+    weights: pd.DataFrame = field(default_factory=pd.DataFrame)  # `model.weights`, fused layers only
+    weight_maps: dict[str, np.ndarray] = field(default_factory=dict)  # binned weight matrices, for heatmaps
 
     @property
     def name(self) -> str:
@@ -91,9 +100,9 @@ class Run:
             (staging / "layers.json").write_text(layers_to_json(self.layers), encoding="utf-8")
             for table in TABLES:
                 _write_parquet(getattr(self, table), staging / f"{table}.parquet")
-            for table in UNIT_TABLES:
+            for table in LATER_TABLES:
                 _write_parquet(getattr(self, table), staging / f"{table}.parquet")
-            for arrays in ARRAYS:
+            for arrays in (*ARRAYS, *LATER_ARRAYS):
                 _write_npz(getattr(self, arrays), staging / f"{arrays}.npz")
             if self.timings:
                 (staging / "timings.json").write_text(_json(self.timings), encoding="utf-8")
@@ -121,13 +130,14 @@ class Run:
         if not tables["window_scores"][["window", "anomaly_score", "rank"]].apply(pd.api.types.is_numeric_dtype).all():
             raise RunError(f"{path / 'window_scores.parquet'}: window, anomaly_score and rank must be numbers")
         arrays = {name: _read_npz(path / f"{name}.npz") for name in ARRAYS}
+        arrays |= {name: _read_npz(path / f"{name}.npz") for name in LATER_ARRAYS if (path / f"{name}.npz").exists()}
         units = {
             table: _read_parquet(path / f"{table}.parquet")
-            for table in UNIT_TABLES
+            for table in LATER_TABLES
             if (path / f"{table}.parquet").exists()
         }
         for table, frame in units.items():
-            missing = [column for column in _UNIT_COLUMNS[table] if column not in frame.columns]
+            missing = [column for column in _LATER_COLUMNS[table] if column not in frame.columns]
             if missing and len(frame):
                 raise RunError(f"{path / (table + '.parquet')}: lacks the columns {', '.join(missing)}")
         timings, vocab = _read_timings(path / "timings.json"), _read_vocab(path / "vocab.json")

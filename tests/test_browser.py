@@ -146,8 +146,10 @@ def test_pages_link_only_inside_the_site(sample_site):
         html = page_path.read_text()
         for target in re.findall(r'(?:href|src)="([^"]+)"', html):
             assert "://" not in target and not target.startswith("//"), (page_path, target)
-            resolved = (page_path.parent / target).resolve()
+            path, _, anchor = target.partition("#")
+            resolved = (page_path.parent / path).resolve()
             assert resolved.is_file() and sample_site.resolve() in resolved.parents, (page_path, target)
+            assert not anchor or f'id="{anchor}"' in resolved.read_text(), (page_path, target)  # the anchor exists
     assert shutil.which("chromium") or CHROMIUM.exists()
 
 
@@ -197,12 +199,15 @@ def _hostile_run(tmp_path: Path, version: str):
         return HOSTILE_LAYER + name[len(old) :] if name == old or name.startswith(old + "/") else name
 
     run.layers = [dataclasses.replace(layer, name=new(layer.name)) for layer in run.layers]
-    for table in ("gate_stats", "timestep_stats", "explanations"):
+    for table in ("gate_stats", "timestep_stats", "explanations", "unit_extremes", "unit_hypotheses", "weights"):
         frame = getattr(run, table)
         setattr(run, table, frame.assign(layer=frame["layer"].map(new)))
     run.window_scores = run.window_scores.rename(columns=new)
     run.impulse = run.impulse.assign(target=run.impulse["target"].map(new))
     run.traces = {new(key): value for key, value in run.traces.items()}
+    run.weight_maps = {
+        new(key.rsplit("/", 3)[0]) + key[len(key.rsplit("/", 3)[0]) :]: v for key, v in run.weight_maps.items()
+    }
     folder = f'run <img src=x onerror="window.__pwned=5"> {len(list(tmp_path.glob("run *")))}'  # a hostile folder
     return run.save(tmp_path / folder)
 

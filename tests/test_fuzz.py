@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from reporter.config import load_config
 from reporter.errors import ConfigError, RunError, WindowsFileError
 from reporter.replay.windows import open_windows_source
-from reporter.runstore import ARRAYS, TABLES, UNIT_TABLES, Run
+from reporter.runstore import ARRAYS, LATER_ARRAYS, LATER_TABLES, TABLES, Run
 from tests.test_runstore import _run
 
 FUZZ = settings(
@@ -128,8 +128,8 @@ RUN_FILES = [
     "layers.json",
     "timings.json",
     "vocab.json",
-    *(f"{t}.parquet" for t in (*TABLES, *UNIT_TABLES)),
-    *(f"{a}.npz" for a in ARRAYS),
+    *(f"{t}.parquet" for t in (*TABLES, *LATER_TABLES)),
+    *(f"{a}.npz" for a in (*ARRAYS, *LATER_ARRAYS)),
 ]
 
 

@@ -6,14 +6,17 @@ import json
 import os
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
+from onnx import helper, numpy_helper
 
 from reporter.errors import OutputError, RunError
 from reporter.layers import Layer
+from reporter.model.weights import layer_weights
 from reporter.replay.stats import RunStats
 from reporter.replay.unit_tracks import TrackConfig, UnitTracks
-from reporter.runstore import SCHEMA_VERSION, TABLES, UNIT_TABLES, Run
+from reporter.runstore import LATER_TABLES, SCHEMA_VERSION, TABLES, Run
 
 LAYER = Layer(
     name="rnn.l0",
@@ -67,6 +70,7 @@ def _run() -> Run:
     )
     h = rng.uniform(-1, 1, (5, 4, 2, 3)).astype(np.float32)
     tracks.fold(tracks.part({LAYER.name: {"h": h}}, np.arange(5), rng.integers(0, 4, (5, 4))))
+    weights, maps = layer_weights(_gru_model(rng), [LAYER])
     return Run(
         meta,
         [LAYER],
@@ -79,7 +83,19 @@ def _run() -> Run:
         {"logits": rng.random((5, 2), dtype=np.float32)},
         unit_extremes=tracks.extremes_frame(),
         unit_hypotheses=tracks.hypotheses_frame(),
+        weights=weights,
+        weight_maps=maps,
     )
+
+
+def _gru_model(rng) -> onnx.ModelProto:
+    """A one-node bidirectional GRU graph with LAYER's shape, its weights as initializers."""
+    w = numpy_helper.from_array(rng.standard_normal((2, 9, 4)).astype(np.float32), "W")
+    r = numpy_helper.from_array(rng.standard_normal((2, 9, 3)).astype(np.float32), "R")
+    node = helper.make_node("GRU", ["x", "W", "R"], ["y"], name="GRU_0", hidden_size=3, direction="bidirectional")
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 1, 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    return helper.make_model(helper.make_graph([node], "gru", [x], [y], [w, r]))
 
 
 def _files(folder) -> dict[str, bytes]:
@@ -92,7 +108,8 @@ def test_a_run_round_trips_equal_and_rewrites_byte_identically(tmp_path):
     loaded = Run.load(tmp_path / "a")
     assert loaded.meta == run.meta and loaded.layers == run.layers
     assert len(run.unit_extremes) == 2 * 3 * 2 * 2 and len(run.unit_hypotheses)  # both unit tables are filled
-    for table in (*TABLES, *UNIT_TABLES):
+    assert len(run.weights) == 2 * 3 * 2 and len(run.weight_maps) == 12  # directions × gates × (W, R)
+    for table in (*TABLES, *LATER_TABLES):
         expected, got = getattr(run, table), getattr(loaded, table)
         assert list(got.columns) == list(expected.columns)
         for column in expected.columns:
@@ -107,6 +124,8 @@ def test_a_run_round_trips_equal_and_rewrites_byte_identically(tmp_path):
         np.testing.assert_array_equal(loaded.traces[name], array)
         assert loaded.traces[name].dtype == array.dtype
     np.testing.assert_array_equal(loaded.outputs["logits"], run.outputs["logits"])
+    for name, array in run.weight_maps.items():
+        np.testing.assert_array_equal(loaded.weight_maps[name], array)
     loaded.save(tmp_path / "b")
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from reporter.errors import RunError
 from reporter.layers import gate_order
+from reporter.model.weights import layer_weights
 from reporter.pipeline.model_source import ModelSource
 from reporter.provenance import file_sha256, made_at, package_versions
 from reporter.replay.anomaly import explain_window, feature_names, score_windows, typical_from_timestep_stats
@@ -260,6 +261,7 @@ def make_run(
         impulse = _impulse(replayer, source, settings, result.batch_size)
     meta = {**_meta(model, source, settings, result, reference), "inputs": feeds.describe()}
     meta["unit_tracks"] = dataclasses.asdict(result.tracks.config) if result.tracks else None
+    weights, weight_maps = layer_weights(model.fused, model.layers)
     if not frames.timestep_stats.empty:  # in gate steps: a carried window of T calls may step more than T times
         meta["seq_len"] = int(frames.timestep_stats["t"].max()) + 1
     return Run(
@@ -274,6 +276,8 @@ def make_run(
         outputs=result.outputs,
         unit_extremes=result.tracks.extremes_frame() if result.tracks else pd.DataFrame(),
         unit_hypotheses=result.tracks.hypotheses_frame() if result.tracks else pd.DataFrame(),
+        weights=weights,
+        weight_maps=weight_maps,
         timings={"replay_seconds": round(result.seconds, 3), "windows_per_second": round(result.windows_per_second, 1)},
     )
 

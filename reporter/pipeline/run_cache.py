@@ -26,7 +26,7 @@ from reporter.pipeline.model_source import ModelRecipe, exposed_model, input_nam
 from reporter.provenance import file_sha256
 from reporter.replay.feeds import feed_value, plan_feeds, windows_key
 from reporter.replay.windows import open_windows_source
-from reporter.runstore import ARRAYS, SCHEMA_VERSION, TABLES, UNIT_TABLES, Run
+from reporter.runstore import ARRAYS, LATER_ARRAYS, LATER_TABLES, SCHEMA_VERSION, TABLES, Run
 from reporter.vocab import load_vocab
 
 __all__ = ["cache_key", "cached_run"]
@@ -53,7 +53,7 @@ def cache_key(run: RunConfig, settings: RunSettings) -> str:
         "version": run.version,
         "settings": {key: str(value) for key, value in asdict(settings).items()},
         "schema": SCHEMA_VERSION,
-        "files": [*TABLES, *UNIT_TABLES, *ARRAYS],  # a run that records more is replayed again
+        "files": [*TABLES, *LATER_TABLES, *ARRAYS, *LATER_ARRAYS],  # a run that records more is replayed again
         "gate_reporter": metadata.version("gate-reporter"),
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()

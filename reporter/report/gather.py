@@ -23,6 +23,7 @@ from reporter.replay.impulse import impulse_summary
 from reporter.report.cell_view import cell_data, similar_data
 from reporter.report.numbers import number
 from reporter.report.unit_habits import unit_habits
+from reporter.report.weight_charts import weight_warnings
 from reporter.runstore import Run
 from reporter.vocab import token_text
 
@@ -82,6 +83,8 @@ class RunView:
     top: list[dict]  # the most anomalous windows
     impulse: list[dict]  # impulse half-lives per state and output
     similar: dict | None = None  # token runs: every sampled window's text and binarised h (`cell_view`)
+    weight_rows: tuple[dict, ...] = ()  # per layer × direction × gate block: norms and the recurrent spectrum
+    weight_warnings: tuple[str, ...] = ()  # recurrent blocks whose spectral radius warns
 
     @property
     def meta(self) -> dict:
@@ -265,7 +268,31 @@ def _run_view(run: Run, name: str, baseline: str | None, diff: DiffView | None) 
         _top(run, {view.window for view in windows}),
         impulse.to_dict("records"),
         _similar(run, windows),
+        _weight_rows(run.weights),
+        tuple(weight_warnings(run.weights)) if not run.weights.empty else (),
     )
+
+
+def _weight_rows(weights: pd.DataFrame) -> tuple[dict, ...]:
+    """The run page's weights table: per layer, direction and gate block, ‖W‖, ‖R‖, σ_max(R), ρ(R)."""
+    if weights.empty:
+        return ()
+    rows = []
+    for (layer, direction, gate), block in weights.groupby(["layer", "direction", "gate"], sort=False):
+        by_matrix = block.set_index("matrix")
+        recurrent = by_matrix.loc["recurrent"] if "recurrent" in by_matrix.index else None
+        rows.append(
+            {
+                "layer": layer,
+                "direction": int(direction),
+                "gate": gate,
+                "input": float(by_matrix.loc["input", "frobenius"]) if "input" in by_matrix.index else float("nan"),
+                "recurrent": float(recurrent["frobenius"]) if recurrent is not None else float("nan"),
+                "sigma_max": float(recurrent["sigma_max"]) if recurrent is not None else float("nan"),
+                "spectral_radius": float(recurrent["spectral_radius"]) if recurrent is not None else float("nan"),
+            }
+        )
+    return tuple(rows)
 
 
 def _similar(run: Run, windows: list[WindowView]) -> dict | None:

@@ -13,11 +13,13 @@ from collections.abc import Iterator
 
 import jinja2
 
-from reporter.report import charts, diff_charts, window_charts
+from reporter.report import charts, diff_charts, weight_charts, window_charts
 from reporter.report.cell_view import SIMILAR_SCRIPT
 from reporter.report.gather import DiffView, RunView
 
-__all__ = ["render_diff", "render_site"]
+__all__ = ["WEIGHTS_PAGE", "render_diff", "render_site"]
+
+WEIGHTS_PAGE = "weights.html"  # per run: heatmaps of every fused layer's weight blocks
 
 
 def _figures(*figures) -> list[dict]:
@@ -37,6 +39,9 @@ def _run_figures(view: RunView) -> dict[str, list[dict]]:
         "memory": _figures(charts.horizon_chart(run.gate_stats), charts.impulse_chart(run.impulse)),
         "along": _figures(charts.trajectory_chart(run.timestep_stats)),
         "anomaly": _figures(charts.anomaly_chart(run.window_scores, view.threshold)),
+        "weights": _figures(weight_charts.spectra_chart(run.weights), weight_charts.singular_chart(run.weights))
+        if not run.weights.empty
+        else [],
     }
 
 
@@ -72,6 +77,9 @@ def _run_pages(env: jinja2.Environment, view: RunView, common: dict) -> Iterator
     folder = f"runs/{view.slug}"
     page = functools.partial(_render, env, root="../../", view=view, **common)
     yield f"{folder}/index.html", page("run.html", figures=_run_figures(view), top=view.top, impulse=view.impulse)
+    if not view.run.weights.empty:
+        heatmaps = _figures(*(weight_charts.weight_heatmaps(layer.name, view.run.weight_maps) for layer in view.layers))
+        yield f"{folder}/{WEIGHTS_PAGE}", page("weights.html", figures=heatmaps)
     if view.similar is not None:  # one file the run's window pages share, rather than a copy in each
         yield f"{folder}/{SIMILAR_SCRIPT}", "window.__similar = " + json.dumps(view.similar, sort_keys=True) + ";\n"
     for window in view.windows:
