@@ -103,8 +103,8 @@ MUTATIONS = (
         "thread-order",
         "determinism",
         "reporter/replay/runner.py",
-        "shards[k % len(shards)].fold_parts(parts)",
-        "shards[self._sessions.index(session)].fold_parts(parts)",
+        "stats, tracks = shards[k % len(shards)]",
+        "stats, tracks = shards[self._sessions.index(session)]",
         ("tests/test_determinism.py",),
     ),
     Mutation(
