@@ -66,15 +66,6 @@ class _Extremes:
     t: np.ndarray
     context: np.ndarray
 
-    @classmethod
-    def empty(cls, units: int, width: int) -> _Extremes:
-        return cls(
-            np.empty((0, units), np.float32),
-            np.empty((0, units), np.int64),
-            np.empty((0, units), np.int64),
-            np.empty((0, units, width), np.int64),
-        )
-
     def merge(self, other: _Extremes, k: int, sign: float) -> _Extremes:
         """The top k of both (by sign × value, ties to the lower window): exact and order-free."""
         value = np.concatenate([self.value, other.value])
@@ -198,7 +189,6 @@ class _Layer:
     """One layer's tracking state."""
 
     units: int
-    width: int
     extremes: dict[str, _Extremes]
     sums: dict[str, np.ndarray] = field(default_factory=dict)  # merged by addition
 
@@ -231,12 +221,11 @@ class UnitTracks:
             batch, steps = trace.shape[:2]
             h = trace.reshape(batch, steps, -1).astype(np.float32, copy=False)
             tokens = inputs if _is_tokens(inputs, batch, steps) else None
-            part = _Layer(h.shape[2], 0, {})
+            part = _Layer(h.shape[2], {})
             found = (peaks or {}).get(layer.name)
             for k, (polarity, sign) in enumerate(zip(_POLES, (1.0, -1.0))):
                 best = (found[2 * k], found[2 * k + 1]) if found is not None else _per_window(h, sign)
                 part.extremes[polarity] = _peaks(best, windows, tokens, self.config, sign, reads_backward(layer))
-            part.width = part.extremes["on"].context.shape[2]
             if tokens is not None and self.props is not None:
                 if not facts:
                     facts = _batch_facts(tokens, self.props, len(self.vocab) <= self.config.max_vocab)
@@ -313,7 +302,7 @@ def _merge_layer(mine: _Layer | None, part: _Layer, config: TrackConfig) -> _Lay
         for polarity, sign in zip(_POLES, (1.0, -1.0))
     }
     sums = {key: mine.sums[key] + part.sums[key] for key in mine.sums} if mine.sums else dict(part.sums)
-    return _Layer(mine.units, mine.width, extremes, sums)
+    return _Layer(mine.units, extremes, sums)
 
 
 def _habits(layer: Layer, state: _Layer, facts: list[tuple[str, str]], config: TrackConfig) -> list[tuple]:
