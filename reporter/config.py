@@ -12,6 +12,10 @@
     carry = { state = "stateN" }         # a streaming model's state, fed back call after call
     vocab = "vocab.json"                 # a token model's vocabulary: its windows read as text
 
+    [[series]]                    # checkpoints over training or a sweep (`reporter.series`)
+    model = "forecaster"          checkpoints = "ckpts/epoch=*.pt"   key = "epoch"
+    windows = "….npz"             factory = "…"   # and the other [[runs]] keys but version/baseline
+
     [check]                       # thresholds for `gate-report check` and the diff pages
     saturation_delta = 0.1        wasserstein = 0.05   anomaly_rate_delta = 0.05   output_drift = 0.1
 
@@ -28,6 +32,7 @@ from pathlib import Path
 
 from reporter.compare.thresholds import parse_thresholds
 from reporter.errors import ConfigError
+from reporter.series import SERIES_KEYS, SeriesConfig, default_metrics, format_value, ordered_checkpoints
 
 __all__ = ["RunConfig", "SiteConfig", "load_config"]
 
@@ -72,8 +77,9 @@ class SiteConfig:
     path: Path
     title: str
     output: Path
-    runs: tuple[RunConfig, ...]
+    runs: tuple[RunConfig, ...]  # [[runs]], then every [[series]] checkpoint as a run of its own
     thresholds: dict = field(default_factory=dict)  # [check], over `reporter.compare.thresholds.DEFAULT_THRESHOLDS`
+    series: tuple[SeriesConfig, ...] = ()
 
 
 def _check_keys(path: Path, where: str, table: dict, allowed: set[str]) -> None:
@@ -96,8 +102,8 @@ def _string(path: Path, where: str, table: dict, key: str, required: bool = Fals
     return value
 
 
-def _run(path: Path, index: int, table: dict) -> RunConfig:
-    where = f"[[runs]] #{index + 1}"
+def _run(path: Path, index: int, table: dict, where: str | None = None) -> RunConfig:
+    where = where or f"[[runs]] #{index + 1}"
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: {where} must be a table")
     _check_keys(path, where, table, _RUN_KEYS)
@@ -145,7 +151,7 @@ def load_config(path: Path) -> SiteConfig:
         raise ConfigError(f"{path}: cannot read ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
-    _check_keys(path, "the top level", data, {"site", "runs", "check"})
+    _check_keys(path, "the top level", data, {"site", "runs", "series", "check"})
     site = data.get("site", {})
     if not isinstance(site, dict):
         raise ConfigError(f"{path}: [site] must be a table")
@@ -154,6 +160,11 @@ def load_config(path: Path) -> SiteConfig:
     if not isinstance(runs, list):
         raise ConfigError(f"{path}: runs must be [[runs]] tables")
     parsed = tuple(_run(path, k, table) for k, table in enumerate(runs))
+    tables = data.get("series", [])
+    if not isinstance(tables, list):
+        raise ConfigError(f"{path}: series must be [[series]] tables")
+    series = [_series(path, k, table) for k, table in enumerate(tables)]
+    parsed += tuple(run for _, series_runs in series for run in series_runs)
     seen: set[tuple[str, str]] = set()
     for run in parsed:
         if (run.model, run.version) in seen:
@@ -168,7 +179,49 @@ def load_config(path: Path) -> SiteConfig:
             )
     title = _string(path, "[site]", site, "title") or "Gate Reporter"
     output = path.parent / (_string(path, "[site]", site, "output") or "site")
-    return SiteConfig(path=path, title=title, output=output, runs=parsed, thresholds=_thresholds(path, data))
+    return SiteConfig(
+        path=path,
+        title=title,
+        output=output,
+        runs=parsed,
+        thresholds=_thresholds(path, data),
+        series=tuple(one for one, _ in series),
+    )
+
+
+def _series(path: Path, index: int, table: dict) -> tuple[SeriesConfig, list[RunConfig]]:
+    """A [[series]] table: its description, and one run per checkpoint (version "KEY=VALUE")."""
+    where = f"[[series]] #{index + 1}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: {where} must be a table")
+    _check_keys(path, where, table, (_RUN_KEYS - {"version", "checkpoint", "baseline"}) | SERIES_KEYS)
+    key = _string(path, where, table, "key") or "epoch"
+    if not key.isidentifier():
+        raise ConfigError(f"{path}: {where}.key must be a name like epoch or forget_bias, got {key!r}")
+    if "checkpoints" not in table:
+        raise ConfigError(f"{path}: {where} is missing 'checkpoints'")
+    paths, values = ordered_checkpoints(path, where, table["checkpoints"], key, table.get("values"))
+    run_keys = {name: value for name, value in table.items() if name in _RUN_KEYS}
+    runs = [
+        _run(
+            path,
+            index,
+            {**run_keys, "version": f"{key}={format_value(value)}", "checkpoint": str(checkpoint.absolute())},
+            where,
+        )
+        for checkpoint, value in zip(paths, values)
+    ]
+    metrics = _string(path, where, table, "metrics")
+    if metrics and not (path.parent / metrics).is_file():
+        raise ConfigError(f"{path}: {where}.metrics: no such file {metrics!r}")
+    return SeriesConfig(
+        name=_string(path, where, table, "name") or f"{runs[0].model} over {key}",
+        model=runs[0].model,
+        key=key,
+        values=tuple(values),
+        versions=tuple(run.version for run in runs),
+        metrics=path.parent / metrics if metrics else default_metrics(paths),
+    ), runs
 
 
 def _thresholds(path: Path, data: dict) -> dict:
