@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from reporter.model.expose import expose_gates
-from reporter.replay.impulse import IMPULSE_COLUMNS, impulse_response, impulse_summary
+from reporter.replay.impulse import IMPULSE_COLUMNS, contribution_ratio, impulse_response, impulse_summary, oscillation
 from reporter.replay.runner import model_output_names
 
 UNITS = 3
@@ -113,3 +113,30 @@ def test_summary_of_a_curve_that_never_halves_says_so():
     )
     summary = impulse_summary(frame).iloc[0]
     assert math.isnan(summary["half_life"]) and summary["tau_fit"] > 10
+
+
+@pytest.mark.parametrize("decay", [0.7, -0.7])
+def test_the_signed_response_follows_the_state_back_past_zero(decay):
+    """R = decay·I: the pushed unit's difference is tanh(1e-4)·decay**lag, so the signed response
+    is that over sqrt(3), alternating in sign for a negative decay (one crossing per step)."""
+    model, layers = _decaying_rnn(decay)
+    windows = np.zeros((3, 40, UNITS), np.float32)
+    frame = impulse_response(_runner(model), windows, layers, [], step=4, magnitude=1e-4, features=[2])
+    curve = frame[frame.target == f"{layers[0].name}/h"].sort_values("lag")
+    expected = np.tanh(1e-4) * decay ** curve["lag"].to_numpy() / math.sqrt(UNITS)
+    np.testing.assert_allclose(curve["signed"], expected, rtol=1e-3, atol=1e-13)
+    np.testing.assert_allclose(curve["response"], np.abs(expected), rtol=1e-3, atol=1e-13)
+    summary = impulse_summary(frame).iloc[0]
+    alive = int(np.sum(np.abs(expected) > 1e-3 * abs(expected[0])))  # lags above the noise floor
+    assert summary["oscillation"] == (0.0 if decay > 0 else pytest.approx((alive - 1) / (len(expected) - 1)))
+    assert summary["contribution"] == pytest.approx(contribution_ratio(np.abs(expected)))
+
+
+def test_sweep_metrics_on_known_curves():
+    lags = np.arange(81)
+    assert oscillation(np.cos(2 * np.pi * lags / 8)) == pytest.approx(20 / 80)  # two crossings per period of 8
+    assert oscillation(0.9**lags) == 0.0 and math.isnan(oscillation(np.zeros(5)))
+    a = 0.9  # sum of a**(2k) over k < n is (1 - a**(2n)) / (1 - a**2)
+    assert contribution_ratio(a**lags) == pytest.approx((1 - a**40) / (1 - a**162))
+    assert contribution_ratio(np.r_[np.zeros(20), np.ones(20)]) == 0.0  # all of it after the first 20 lags
+    assert math.isnan(contribution_ratio(np.zeros(30)))

@@ -10,7 +10,16 @@ rather than inferred from gate means (`stats.memory_horizon` gives the inferred 
 
 For a reverse-direction layer the impulse travels backwards, so its lags count steps before the
 impulse. `impulse_summary` reads peak, half-life (steps from the peak until the response has
-halved) and the time constant of an exponential fitted to the decay.
+halved), the time constant of an exponential fitted to the decay, the contribution ratio (the
+share of the total squared response within the first `RECENT` lags: near 1 for a model that
+forgets within them) and the oscillation (zero crossings per step of the signed response).
+
+The RMS response has no sign, so each curve also keeps a signed one: the difference projected on
+its own direction at the impulse step, per window, scaled like the RMS (equal to it at lag 0):
+
+    signed(lag) = mean over windows of <d(step + lag), d(step) / |d(step)|> / sqrt(units)
+
+A state that swings back past where it started crosses zero; one that decays does not.
 """
 
 from __future__ import annotations
@@ -22,9 +31,15 @@ import pandas as pd
 
 from reporter.layers import Layer
 
-__all__ = ["impulse_outputs", "IMPULSE_COLUMNS", "impulse_response", "impulse_summary"]
+__all__ = [
+    "IMPULSE_COLUMNS", "RECENT", "contribution_ratio", "impulse_outputs", "impulse_response", "impulse_summary",
+    "oscillation",
+]  # fmt: skip
 
-IMPULSE_COLUMNS = ("target", "kind", "perturbation", "feature", "direction", "lag", "response", "normalised")
+IMPULSE_COLUMNS = (
+    "target", "kind", "perturbation", "feature", "direction", "lag", "response", "normalised", "signed",
+)  # fmt: skip
+RECENT = 20  # lags whose share of the squared response is the contribution ratio
 MAX_FEATURES = 16  # perturbed features by default: the most variable ones, when a model has more
 _STATE_GATES = {"h": "hidden", "c": "cell"}
 
@@ -39,6 +54,15 @@ def _rms_by_step(difference: np.ndarray) -> np.ndarray:
     """[B, T, ...] → [T]: RMS over everything but batch and time, then mean over the batch."""
     flat = difference.reshape(difference.shape[0], difference.shape[1], -1).astype(np.float64)
     return np.sqrt((flat**2).mean(axis=2)).mean(axis=0)
+
+
+def _signed_by_step(difference: np.ndarray, step: int) -> np.ndarray:
+    """[B, T, ...] → [T]: each window's difference projected on its direction at `step`, over sqrt(units)."""
+    flat = difference.reshape(difference.shape[0], difference.shape[1], -1).astype(np.float64)
+    start = flat[:, step]
+    norm = np.linalg.norm(start, axis=1, keepdims=True)
+    direction = np.divide(start, norm, out=np.zeros_like(start), where=norm > 0)
+    return np.einsum("btn,bn->bt", flat, direction).mean(axis=0) / np.sqrt(flat.shape[2])
 
 
 def impulse_outputs(layers: list[Layer], output_names: Sequence[str]) -> list[str]:
@@ -56,8 +80,9 @@ def _curves(
     step: int,
     steps: int,
     batch: int,
-) -> list[tuple[str, str, str, np.ndarray]]:
-    """(target, kind, direction, response by lag) for every state and time-indexed output."""
+) -> list[tuple[str, str, str, np.ndarray, np.ndarray]]:
+    """(target, kind, direction, response by lag, signed response by lag) for every state and
+    time-indexed output."""
     curves = []
     for layer in layers:
         for gate, kind in _STATE_GATES.items():
@@ -67,11 +92,25 @@ def _curves(
             difference = pushed[name] - base[name]  # [B, T, D, H]
             for d, direction in enumerate(_directions(layer)):
                 by_step = _rms_by_step(difference[:, :, d])
-                lags = by_step[step:] if direction == "forward" else by_step[: step + 1][::-1]
-                curves.append((f"{layer.name}/{gate}", kind, direction, lags))
+                signed = _signed_by_step(difference[:, :, d], step)
+                if direction == "forward":
+                    curves.append((f"{layer.name}/{gate}", kind, direction, by_step[step:], signed[step:]))
+                else:
+                    curves.append(
+                        (f"{layer.name}/{gate}", kind, direction, by_step[: step + 1][::-1], signed[: step + 1][::-1])
+                    )
     for name in output_names:
         if base[name].ndim >= 2 and base[name].shape[:2] == (batch, steps):  # batch-major, with a time axis
-            curves.append((f"output:{name}", "output", "forward", _rms_by_step(pushed[name] - base[name])[step:]))
+            difference = pushed[name] - base[name]
+            curves.append(
+                (
+                    f"output:{name}",
+                    "output",
+                    "forward",
+                    _rms_by_step(difference)[step:],
+                    _signed_by_step(difference, step)[step:],
+                )
+            )
     return curves
 
 
@@ -130,12 +169,12 @@ def impulse_response(
         base = run(windows[rows], rows)
         for label, feature, pushed in perturbations:
             curves = _curves(base, run(pushed[rows], rows), layers, output_names, step, steps, count)
-            for target, kind, direction, curve in curves:
+            for target, kind, direction, curve, signed in curves:
                 key = (label, feature, target, kind, direction)
-                sums[key] = sums.get(key, 0.0) + curve * count
+                sums[key] = sums.get(key, 0.0) + np.stack([curve, signed]) * count
     rows = []
     for (label, feature, target, kind, direction), total in sums.items():
-        curve = total / len(windows)
+        curve, signed = total / len(windows)
         peak = curve.max()
         rows.append(
             pd.DataFrame(
@@ -148,13 +187,14 @@ def impulse_response(
                     "lag": np.arange(len(curve), dtype=np.int64),
                     "response": curve,
                     "normalised": curve / peak if peak > 0 else np.zeros_like(curve),
+                    "signed": signed,
                 }
             )
         )
     if not rows:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in IMPULSE_COLUMNS})
     frame = pd.concat(rows, ignore_index=True)
-    return frame.astype({"feature": np.int64, "response": np.float64, "normalised": np.float64})
+    return frame.astype({"feature": np.int64, "response": np.float64, "normalised": np.float64, "signed": np.float64})
 
 
 def _half_life(lags: np.ndarray, response: np.ndarray) -> float:
@@ -181,8 +221,25 @@ def _tau_fit(lags: np.ndarray, response: np.ndarray) -> float:
     return float(-1.0 / slope) if slope < 0 else float("inf")
 
 
+def contribution_ratio(response: np.ndarray, recent: int = RECENT) -> float:
+    """Share of the total squared response within the first `recent` lags (NaN for no response)."""
+    total = float(np.sum(np.square(response, dtype=np.float64)))
+    return float(np.sum(np.square(response[:recent], dtype=np.float64)) / total) if total > 0 else float("nan")
+
+
+def oscillation(signed: np.ndarray, floor: float = 1e-3) -> float:
+    """Zero crossings per step of a signed response, ignoring values within `floor` × its peak of
+    zero (so rounding noise after the response has died out is no crossing)."""
+    peak = float(np.max(np.abs(signed))) if len(signed) else 0.0
+    if peak <= 0 or len(signed) < 2:
+        return float("nan")
+    signs = np.sign(signed[np.abs(signed) > floor * peak])
+    return float(np.count_nonzero(signs[1:] != signs[:-1]) / (len(signed) - 1))
+
+
 def impulse_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per target × perturbation × direction: peak, peak_lag, half_life and tau_fit (in steps)."""
+    """Per target × perturbation × direction: peak, peak_lag, half_life and tau_fit (in steps), the
+    contribution ratio and the oscillation (NaN for runs made before the signed response was kept)."""
     keys = ["target", "kind", "perturbation", "feature", "direction"]
     rows = []
     for key, curve in frame.groupby(keys, sort=False):
@@ -194,6 +251,9 @@ def impulse_summary(frame: pd.DataFrame) -> pd.DataFrame:
                 "peak_lag": int(lags[np.argmax(response)]),
                 "half_life": _half_life(lags, response),
                 "tau_fit": _tau_fit(lags, response),
+                "contribution": contribution_ratio(response),
+                "oscillation": oscillation(curve["signed"].to_numpy()) if "signed" in curve else float("nan"),
             }
         )
-    return pd.DataFrame(rows, columns=[*keys, "peak", "peak_lag", "half_life", "tau_fit"])
+    columns = [*keys, "peak", "peak_lag", "half_life", "tau_fit", "contribution", "oscillation"]
+    return pd.DataFrame(rows, columns=columns)
