@@ -17,6 +17,7 @@
       unit_hypotheses.parquet per unit: the habits that explain it (`reporter.replay.unit_tracks`)
       weights.parquet        fused layers' weights per gate block: norms, spectra (`reporter.model.weights`)
       weight_maps.npz        those weight matrices binned for heatmaps
+      weight_blocks.npz      the same blocks whole (small models only), for a series' weight updates
       vocab.json             token models replayed with --vocab: id → the text it prints, a JSON list
 
 A run is written into a hidden sibling folder and renamed into place (`reporter.atomic`), so a
@@ -51,7 +52,7 @@ SCHEMA_VERSION = 1
 TABLES = ("gate_stats", "timestep_stats", "window_scores", "explanations", "impulse")
 ARRAYS = ("traces", "outputs")
 LATER_TABLES = ("unit_extremes", "unit_hypotheses", "weights")  # absent in runs made before they were kept
-LATER_ARRAYS = ("weight_maps",)
+LATER_ARRAYS = ("weight_maps", "weight_blocks")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold: no build time leaks in
 _REQUIRED_COLUMNS = {
     "gate_stats": GATE_STATS_COLUMNS,
@@ -86,6 +87,7 @@ class Run:
     unit_hypotheses: pd.DataFrame = field(default_factory=pd.DataFrame)
     weights: pd.DataFrame = field(default_factory=pd.DataFrame)  # `model.weights`, fused layers only
     weight_maps: dict[str, np.ndarray] = field(default_factory=dict)  # binned weight matrices, for heatmaps
+    weight_blocks: dict[str, np.ndarray] = field(default_factory=dict)  # whole, ≤ `model.weights.KEPT_VALUES`
 
     @property
     def name(self) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from reporter.model.weights import MAP_SIZE, layer_weights
+from reporter.model.weights import MAP_SIZE, layer_weights, weight_blocks
 from reporter.pipeline.model_source import ModelRecipe, exposed_model
 from reporter.report.weight_charts import EXPLODING, FORGETTING, weight_warnings
 
@@ -44,6 +44,19 @@ def test_each_block_is_the_modules_own_weights_and_its_spectrum_is_numpys(module
         binned = maps[f"{row.layer}/{row.direction}/{row.gate}/{row.matrix}"]
         assert binned.shape == (min(MAP_SIZE, block.shape[0]), min(MAP_SIZE, block.shape[1]))
         np.testing.assert_allclose(binned, block, rtol=1e-6, atol=1e-7)  # small blocks are kept as they are
+    whole = weight_blocks(model.fused, model.layers)
+    assert whole.keys() == maps.keys() and all(block.dtype == np.float32 for block in whole.values())
+    for row in weights.itertuples():  # whole blocks are the module's own, bit for bit
+        layer = int(row.layer.rsplit(".l", 1)[1])
+        name = (
+            ("weight_ih" if row.matrix == "input" else "weight_hh")
+            + f"_l{layer}"
+            + ("_reverse" if row.direction else "")
+        )
+        k = TORCH_ORDER[kind].index(row.gate)
+        expected = state[name][k * hidden : (k + 1) * hidden].numpy()
+        np.testing.assert_array_equal(whole[f"{row.layer}/{row.direction}/{row.gate}/{row.matrix}"], expected)
+    assert weight_blocks(model.fused, model.layers, limit=sum(b.size for b in whole.values()) - 1) == {}
 
 
 def test_large_blocks_are_binned_to_cell_means():

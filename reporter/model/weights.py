@@ -15,7 +15,8 @@ Blocks follow the operator's stacking (LSTM i o f c, GRU z r h, RNN one block; O
 by this package's gates (c → g, h → n for GRU's candidate). Each matrix is also kept binned to at
 most `MAP_SIZE` × `MAP_SIZE` cells (means of the weights in each cell) for heatmaps. Cells built
 from elementary ops, nodes inside control flow, and weights fed as graph inputs are left out:
-there is no one initializer to read.
+there is no one initializer to read. `weight_blocks` keeps the blocks whole (up to `KEPT_VALUES`),
+for the relative update ‖ΔW‖ / ‖W‖ between the checkpoints of a series.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from onnx import numpy_helper
 
 from reporter.layers import Layer
 
-__all__ = ["MAP_SIZE", "WEIGHT_COLUMNS", "layer_weights"]
+__all__ = ["KEPT_VALUES", "MAP_SIZE", "WEIGHT_COLUMNS", "layer_weights", "weight_blocks"]
 
+KEPT_VALUES = 2_000_000  # weights kept whole for a series' updates: 8 MB, a 2 × 256-unit LSTM; larger ones are not
 MAP_SIZE = 32  # heatmap cells per side at most: a layer of 8 blocks stays under 200 KB on a page
 WEIGHT_COLUMNS = (
     "layer", "direction", "gate", "matrix", "rows", "cols", "frobenius", "max_abs", "spectral_radius",
@@ -58,12 +60,10 @@ def _row(layer: Layer, direction: int, gate: str, kind: str, block: np.ndarray) 
     )  # fmt: skip
 
 
-def layer_weights(model: onnx.ModelProto, layers: list[Layer]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """The weights table (WEIGHT_COLUMNS, one row per layer × direction × gate × matrix) and the
-    binned matrices, keyed "LAYER/DIRECTION/GATE/input|recurrent", of every fused layer."""
+def _blocks(model: onnx.ModelProto, layers: list[Layer]):
+    """Yield (layer, direction, gate, "input"|"recurrent", block) for every fused layer's weights."""
     nodes = {node.name: node for node in model.graph.node if node.op_type in _BLOCKS}
     initializers = {init.name: init for init in model.graph.initializer}
-    rows, maps = [], {}
     for layer in layers:
         node = nodes.get(layer.node) if layer.cell == "fused" else None
         if node is None or len(node.input) < 3 or not {node.input[1], node.input[2]} <= initializers.keys():
@@ -73,11 +73,27 @@ def layer_weights(model: onnx.ModelProto, layers: list[Layer]) -> tuple[pd.DataF
         for direction in range(w.shape[0]):
             for k, gate in enumerate(_BLOCKS[node.op_type]):
                 for kind, matrix in (("input", w), ("recurrent", r)):
-                    block = matrix[direction, k * hidden : (k + 1) * hidden]
-                    rows.append(_row(layer, direction, gate, kind, block))
-                    maps[f"{layer.name}/{direction}/{gate}/{kind}"] = _binned(block)
+                    yield layer, direction, gate, kind, matrix[direction, k * hidden : (k + 1) * hidden]
+
+
+def layer_weights(model: onnx.ModelProto, layers: list[Layer]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The weights table (WEIGHT_COLUMNS, one row per layer × direction × gate × matrix) and the
+    binned matrices, keyed "LAYER/DIRECTION/GATE/input|recurrent", of every fused layer."""
+    rows, maps = [], {}
+    for layer, direction, gate, kind, block in _blocks(model, layers):
+        rows.append(_row(layer, direction, gate, kind, block))
+        maps[f"{layer.name}/{direction}/{gate}/{kind}"] = _binned(block)
     frame = pd.DataFrame(rows, columns=list(WEIGHT_COLUMNS))
     return frame.astype({column: _dtype(column) for column in WEIGHT_COLUMNS}), maps
+
+
+def weight_blocks(model: onnx.ModelProto, layers: list[Layer], limit: int = KEPT_VALUES) -> dict[str, np.ndarray]:
+    """Every fused block as it is (float32, keyed as `layer_weights`' maps), so that two checkpoints
+    of a series can be subtracted; none when they hold more than `limit` values in all."""
+    blocks = {f"{layer.name}/{d}/{gate}/{kind}": block for layer, d, gate, kind, block in _blocks(model, layers)}
+    if sum(block.size for block in blocks.values()) > limit:
+        return {}
+    return {key: np.ascontiguousarray(block, dtype=np.float32) for key, block in blocks.items()}
 
 
 def _dtype(column: str):

@@ -21,7 +21,7 @@ import pandas as pd
 
 from reporter.errors import RunError
 from reporter.layers import gate_order
-from reporter.model.weights import layer_weights
+from reporter.model.weights import layer_weights, weight_blocks
 from reporter.pipeline.model_source import ModelSource
 from reporter.provenance import file_sha256, made_at, package_versions
 from reporter.replay.anomaly import explain_window, feature_names, score_windows, typical_from_timestep_stats
@@ -278,6 +278,7 @@ def make_run(
         unit_hypotheses=result.tracks.hypotheses_frame() if result.tracks else pd.DataFrame(),
         weights=weights,
         weight_maps=weight_maps,
+        weight_blocks=weight_blocks(model.fused, model.layers),
         timings={"replay_seconds": round(result.seconds, 3), "windows_per_second": round(result.windows_per_second, 1)},
     )
 
