@@ -34,7 +34,7 @@ from reporter.replay.impulse import impulse_summary
 from reporter.replay.stats import gate_histogram
 from reporter.runstore import Run
 
-__all__ = ["RunDiff", "Verdict", "check", "diff_runs"]
+__all__ = ["RunDiff", "Verdict", "check", "diff_runs", "gate_distance"]
 
 MOVED_WINDOWS = 10
 
@@ -99,6 +99,16 @@ def _shared_layers(a: Run, b: Run, notes: list[str]) -> list[tuple[object, objec
     return pairs
 
 
+def gate_distance(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> tuple[float, float]:
+    """Wasserstein-1 (in gate-value units) and Kolmogorov-Smirnov between one layer × gate's value
+    distributions in two runs, from their `gate_stats` rows (NaN where either saw no value)."""
+    (xa, wa), (xb, wb) = _histogram(rows_a), _histogram(rows_b)
+    same_bins = len(xa) == len(xb) and np.allclose(xa, xb)
+    w1 = scipy_stats.wasserstein_distance(xa, xb, wa, wb) if wa.sum() and wb.sum() else float("nan")
+    ks = float(np.abs(np.cumsum(wa) / wa.sum() - np.cumsum(wb) / wb.sum()).max()) if same_bins else float("nan")
+    return float(w1), ks
+
+
 def _gate_shift(a: Run, b: Run, pairs) -> pd.DataFrame:
     rows = []
     for layer, other in pairs:
@@ -107,11 +117,8 @@ def _gate_shift(a: Run, b: Run, pairs) -> pd.DataFrame:
                 continue
             ra = a.gate_stats[(a.gate_stats["layer"] == layer.name) & (a.gate_stats["gate"] == gate)]
             rb = b.gate_stats[(b.gate_stats["layer"] == layer.name) & (b.gate_stats["gate"] == gate)]
-            (xa, wa), (xb, wb) = _histogram(ra), _histogram(rb)
-            same_bins = len(xa) == len(xb) and np.allclose(xa, xb)
-            w1 = scipy_stats.wasserstein_distance(xa, xb, wa, wb) if wa.sum() and wb.sum() else float("nan")
-            ks = float(np.abs(np.cumsum(wa) / wa.sum() - np.cumsum(wb) / wb.sum()).max()) if same_bins else float("nan")
-            row = {"layer": layer.name, "gate": gate, "wasserstein": float(w1), "ks": ks}
+            w1, ks = gate_distance(ra, rb)
+            row = {"layer": layer.name, "gate": gate, "wasserstein": w1, "ks": ks}
             for column in ("mean", "frac_low", "frac_high"):
                 row[f"{column}_a"], row[f"{column}_b"] = _weighted(ra, column), _weighted(rb, column)
                 row[f"d_{column}"] = row[f"{column}_b"] - row[f"{column}_a"]

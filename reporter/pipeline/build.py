@@ -13,6 +13,7 @@ from reporter.atomic import check_output_dir
 from reporter.config import SiteConfig
 from reporter.errors import OutputError
 from reporter.pipeline.run_cache import cached_run
+from reporter.pipeline.training_log import read_metrics
 from reporter.report.site import build_site
 from reporter.runstore import Run
 
@@ -62,10 +63,12 @@ def build(
     if not runs:
         where = f"{config.path}: no [[runs]] table" if config is not None else "no run"
         raise OutputError(f"{where} and no --runs RUN_DIR: nothing to build")
+    series = [(one, read_metrics(one.metrics) if one.metrics else None) for one in (config.series if config else ())]
     return build_site(
         runs,
         output,
         title or (config.title if config else "Gate Reporter"),
         (config.thresholds if config else None),
         progress,
+        series,
     )

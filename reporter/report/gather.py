@@ -249,10 +249,10 @@ def _top(run: Run, sampled: set[int]) -> list[dict]:
     ]
 
 
-def _run_view(run: Run, name: str, baseline: str | None, diff: DiffView | None) -> RunView:
+def _run_view(run: Run, name: str, baseline: str | None, diff: DiffView | None, window_pages: bool) -> RunView:
     scores = run.window_scores["anomaly_score"].to_numpy()
     flags = flagged(scores)
-    windows = _windows(run, flags)
+    windows = _windows(run, flags) if window_pages else []
     units = sum(layer.hidden_size * layer.directions for layer in run.layers)
     impulse = impulse_summary(run.impulse) if not run.impulse.empty else pd.DataFrame()
     return RunView(
@@ -328,8 +328,12 @@ def _diff_pages(runs: list[tuple[Run, str | None]], baselines: dict[str, Run]) -
     return {run.name: f"diffs/{name}.html" for (run, _), name in zip(compared, names)}
 
 
-def gather_site(runs: list[tuple[Run, str | None]], thresholds: dict[str, float]) -> list[RunView]:
-    """Every run of the site (each with its baseline version, or None) as its pages show it."""
+def gather_site(
+    runs: list[tuple[Run, str | None]], thresholds: dict[str, float], checkpoints: set[str] = frozenset()
+) -> list[RunView]:
+    """Every run of the site (each with its baseline version, or None) as its pages show it. The
+    runs named in `checkpoints` (a series' checkpoints: the series page shows them together) get a
+    run page but no page per sampled window."""
     baselines = _baselines(runs)
     pages = _diff_pages(runs, baselines)
     names = unique(
@@ -343,5 +347,5 @@ def gather_site(runs: list[tuple[Run, str | None]], thresholds: dict[str, float]
         diff = None
         if run.name in baselines:
             diff = diff_view(diff_runs(baselines[run.name], run), thresholds, pages[run.name])
-        views.append(_run_view(run, name, baseline, diff))
+        views.append(_run_view(run, name, baseline, diff, run.name not in checkpoints))
     return views

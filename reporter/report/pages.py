@@ -13,9 +13,10 @@ from collections.abc import Iterator
 
 import jinja2
 
-from reporter.report import charts, diff_charts, weight_charts, window_charts
+from reporter.report import charts, diff_charts, series_charts, weight_charts, window_charts
 from reporter.report.cell_view import SIMILAR_SCRIPT
 from reporter.report.gather import DiffView, RunView
+from reporter.report.series_view import SeriesView
 
 __all__ = ["WEIGHTS_PAGE", "render_diff", "render_site"]
 
@@ -111,12 +112,35 @@ def _run_pages(env: jinja2.Environment, view: RunView, common: dict) -> Iterator
             )
 
 
-def render_site(env: jinja2.Environment, views: list[RunView], common: dict) -> Iterator[tuple[str, str]]:
-    """Every page of the site as (site path, HTML): the index, the diffs, then each run's pages.
+def _series_page(env: jinja2.Environment, view: SeriesView, common: dict) -> str:
+    figures = {section: _figures(*items) for section, items in series_charts.series_figures(view).items()}
+    return env.get_template("series.html").render(
+        root="../",
+        view=view,
+        figures=figures,
+        param=series_charts.CHECKPOINT_PARAM,
+        sweep=view.sweep.to_dict("records"),
+        gate_rows=view.gates.to_dict("records"),
+        **common,
+    )
+
+
+def render_site(
+    env: jinja2.Environment, views: list[RunView], common: dict, series: list[SeriesView] = ()
+) -> Iterator[tuple[str, str]]:
+    """Every page of the site as (site path, HTML): the index, the diffs, the series, then each
+    run's pages.
 
     `common` is what every page shows: site title, build time, asset paths.
     """
-    yield "index.html", env.get_template("index.html").render(root="", views=views, **common)
+    yield "index.html", env.get_template("index.html").render(root="", views=views, series=series, **common)
+    for view in series:
+        yield view.page, _series_page(env, view, common)
+    part_of = {}
+    for view in series:
+        for point in view.points:
+            part_of.setdefault(point["slug"], []).append({"name": view.config.name, "page": view.page})
+    common = {**common, "part_of": part_of}
     for view in views:
         if view.diff is not None:
             yield view.diff.page, render_diff(env, view.diff, root="../", standalone=False, **common)

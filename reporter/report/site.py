@@ -11,6 +11,7 @@ specs enter pages only through `tojson` (which escapes `<`, `>` and `&`).
     site/runs/<run>/w<window>.html                window page: input, where it departs from typical
     site/runs/<run>/<layer>-w<window>.html        layer page: unit × step heatmaps, unit table
     site/diffs/<model>-<baseline>-vs-<version>.html  what changed since the configured baseline
+    site/series/<series>.html                     a model's checkpoints over training or a sweep
 
 Runs arrive already made (`reporter.pipeline.build` replays what changed); this module gathers what
 the pages show (`gather`), renders them (`pages`) and writes them. It knows nothing of torch or ONNX.
@@ -25,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 
 import jinja2
+import pandas as pd
 
 from reporter.atomic import check_output_dir, staging_dir
 from reporter.compare.thresholds import DEFAULT_THRESHOLDS
@@ -33,7 +35,9 @@ from reporter.provenance import made_at
 from reporter.report import pages
 from reporter.report.gather import gather_site
 from reporter.report.numbers import number
+from reporter.report.series_view import gather_series
 from reporter.runstore import Run
+from reporter.series import SeriesConfig
 
 __all__ = ["TEMPLATES", "asset_text", "build_site", "build_time", "environment", "write_assets"]
 
@@ -97,21 +101,25 @@ def build_site(
     title: str = "Gate Reporter",
     thresholds: dict[str, float] | None = None,
     progress: Callable[[str], None] = print,
+    series: list[tuple[SeriesConfig, pd.DataFrame | None]] = (),
 ) -> Path:
-    """Gather every run (each with its baseline version, or None), render every page into a
-    temporary folder beside `output`, then swap it in; return `output`."""
+    """Gather every run (each with its baseline version, or None) and every series (each with its
+    training log, or None), render every page into a temporary folder beside `output`, then swap
+    it in; return `output`."""
     output = Path(output)
     check_output_dir(output)
     if not runs:
         raise OutputError(f"{output}: nothing to build: no runs")
-    views = gather_site(runs, thresholds or DEFAULT_THRESHOLDS)
+    checkpoints = {f"{one.model} {version}" for one, _ in series for version in one.versions}  # `Run.name`s
+    views = gather_site(runs, thresholds or DEFAULT_THRESHOLDS, checkpoints)
+    series_views = gather_series(list(series), views)
     with staging_dir(output) as staging:
         assets = write_assets(staging)
         progress(f"rendering pages for {len(runs)} runs …")
         written = 0
         common = {"site_title": title, "built": build_time(), "assets": assets}
         try:
-            for path, html in pages.render_site(environment(), views, common):
+            for path, html in pages.render_site(environment(), views, common, series_views):
                 (staging / path).parent.mkdir(parents=True, exist_ok=True)
                 (staging / path).write_text(html, encoding="utf-8")
                 written += 1

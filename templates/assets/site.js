@@ -6,7 +6,7 @@
   "use strict";
   var dark = window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches;
   var nodes = document.querySelectorAll('script[type="application/json"][data-chart]');
-  var state = { expected: nodes.length, drawn: 0, errors: [], views: [], finished: null };
+  var state = { expected: nodes.length, drawn: 0, errors: [], views: [], byId: {}, finished: null };
   function settle() {
     if (state.drawn + state.errors.length === state.expected) { state.finished = performance.now(); }
   }
@@ -18,6 +18,7 @@
     var target = document.getElementById(node.getAttribute("data-chart"));
     vegaEmbed(target, JSON.parse(node.textContent), options).then(function (result) {
       state.views.push(result.view);
+      state.byId[node.getAttribute("data-chart")] = result.view;
       state.drawn += 1;
       settle();
     }).catch(function (error) {
@@ -28,6 +29,24 @@
   });
   Array.prototype.forEach.call(document.querySelectorAll("select[data-navigate]"), function (select) {
     select.addEventListener("change", function () { window.location.href = select.value; });
+  });
+  // A series page's play button: steps a chart's slider parameter through every checkpoint, once.
+  Array.prototype.forEach.call(document.querySelectorAll("button[data-play]"), function (button) {
+    var timer = null;
+    function stop() { clearInterval(timer); timer = null; button.textContent = "\u25b6 play"; }
+    button.addEventListener("click", function () {
+      var view = state.byId[button.getAttribute("data-play")];
+      var name = button.getAttribute("data-param"), count = +button.getAttribute("data-count");
+      if (!view || timer) { stop(); return; }
+      var k = view.signal(name) >= count - 1 ? 0 : view.signal(name) + 1;
+      view.signal(name, k).runAsync();
+      button.textContent = "\u275a\u275a pause";
+      timer = setInterval(function () {
+        if (k >= count - 1) { stop(); return; }
+        k += 1;
+        view.signal(name, k).runAsync();
+      }, 700);
+    });
   });
 })();
 
