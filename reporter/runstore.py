@@ -18,6 +18,8 @@
       weights.parquet        fused layers' weights per gate block: norms, spectra (`reporter.model.weights`)
       weight_maps.npz        those weight matrices binned for heatmaps
       weight_blocks.npz      the same blocks whole (small models only), for a series' weight updates
+      gradient_flow.parquet  ‖∂h_T/∂h_t‖ and ‖∂h_T/∂x_t‖ by lag per layer (`reporter.replay.gradient_flow`)
+      unit_gradients.parquet per unit: the lag at which its influence on the final state halves
       vocab.json             token models replayed with --vocab: id → the text it prints, a JSON list
 
 A run is written into a hidden sibling folder and renamed into place (`reporter.atomic`), so a
@@ -43,6 +45,7 @@ import pyarrow.parquet as pq
 from reporter.atomic import staging_dir
 from reporter.errors import RunError
 from reporter.layers import Layer, layers_from_json, layers_to_json
+from reporter.replay.gradient_summary import GRADIENT_COLUMNS, UNIT_GRADIENT_COLUMNS
 from reporter.replay.stats import GATE_STATS_COLUMNS, TIMESTEP_STATS_COLUMNS
 from reporter.replay.unit_tracks import EXTREMES_COLUMNS, HYPOTHESES_COLUMNS
 
@@ -51,7 +54,13 @@ __all__ = ["ARRAYS", "LATER_ARRAYS", "LATER_TABLES", "Run", "SCHEMA_VERSION", "T
 SCHEMA_VERSION = 1
 TABLES = ("gate_stats", "timestep_stats", "window_scores", "explanations", "impulse")
 ARRAYS = ("traces", "outputs")
-LATER_TABLES = ("unit_extremes", "unit_hypotheses", "weights")  # absent in runs made before they were kept
+LATER_TABLES = (
+    "unit_extremes",
+    "unit_hypotheses",
+    "weights",
+    "gradient_flow",
+    "unit_gradients",
+)  # absent in runs made before they were kept
 LATER_ARRAYS = ("weight_maps", "weight_blocks")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold: no build time leaks in
 _REQUIRED_COLUMNS = {
@@ -64,6 +73,8 @@ _LATER_COLUMNS = {
     "unit_extremes": EXTREMES_COLUMNS,
     "unit_hypotheses": HYPOTHESES_COLUMNS,
     "weights": ("layer", "direction", "gate", "matrix", "frobenius", "spectral_radius", "sigma_max"),  # what pages read
+    "gradient_flow": GRADIENT_COLUMNS,
+    "unit_gradients": UNIT_GRADIENT_COLUMNS,
 }
 
 
@@ -88,6 +99,8 @@ class Run:
     weights: pd.DataFrame = field(default_factory=pd.DataFrame)  # `model.weights`, fused layers only
     weight_maps: dict[str, np.ndarray] = field(default_factory=dict)  # binned weight matrices, for heatmaps
     weight_blocks: dict[str, np.ndarray] = field(default_factory=dict)  # whole, ≤ `model.weights.KEPT_VALUES`
+    gradient_flow: pd.DataFrame = field(default_factory=pd.DataFrame)  # `replay.gradient_flow`, fused layers only
+    unit_gradients: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def name(self) -> str:

@@ -28,13 +28,16 @@ from reporter.replay.anomaly import explain_window, feature_names, score_windows
 from reporter.replay.batch_budget import CAP
 from reporter.replay.feeds import Feeds, plan_feeds
 from reporter.replay.gate_moments import StatsConfig
+from reporter.replay.gradient_flow import gradient_flow
 from reporter.replay.impulse import IMPULSE_COLUMNS, impulse_outputs, impulse_response
 from reporter.replay.runner import Replayer, ReplayResult
 from reporter.replay.sessions import choose_provider
 from reporter.replay.windows import WindowSource
 from reporter.runstore import SCHEMA_VERSION, Run
 
-__all__ = ["RunSettings", "make_run", "sample_windows", "with_vocab"]
+__all__ = ["GRADIENT_FLOPS", "RunSettings", "make_run", "sample_windows", "with_vocab"]
+
+GRADIENT_FLOPS = 4e10  # gradient flow per run: ~8 windows of 2 × 128 units × 100 steps, seconds on a laptop core
 
 
 @dataclass(frozen=True)
@@ -117,18 +120,39 @@ def _in_batches(replayer: Replayer, batch: int):
 
 def _traces(
     replayer: Replayer, source: WindowSource, indices: np.ndarray, reasons: np.ndarray, batch: int
-) -> dict[str, np.ndarray]:
-    """Full traces of the sampled windows: inputs, every gate (float16) and the model outputs. A
-    layer that did not run on them (an `If` branch they did not take) has no trace."""
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+    """Full traces of the sampled windows: inputs, every gate (float16) and the model outputs, and
+    the gates as replay gave them (float32, for the gradient flow). A layer that did not run on
+    them (an `If` branch they did not take) has no trace."""
     windows = source.take(indices)
     outputs = _in_batches(replayer, batch)(windows, indices)
     traces = {"window": indices, "reason": reasons.astype("U16"), "x": windows}
-    for layer, gates in replayer.gates(outputs).items():
-        for gate, trace in gates.items():
+    gates = replayer.gates(outputs)
+    for layer, by_gate in gates.items():
+        for gate, trace in by_gate.items():
             traces[f"{layer}/{gate}"] = trace.astype(np.float16)
     for name in replayer.output_names:
         traces[f"output:{name}"] = np.asarray(outputs[name], dtype=np.float32)
-    return traces
+    return traces, gates
+
+
+def _gradients(
+    model: ModelSource, gates: dict[str, dict[str, np.ndarray]], feeds: Feeds, say: Callable[[str], None]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Gradient flow through time on the first sampled windows, as many as GRADIENT_FLOPS allows
+    for the widest layer; none for a model whose state is carried between calls (a window's steps
+    then span several calls, and its first state is not the node's)."""
+    empty = gradient_flow(model.fused, [], {})
+    steps = max((trace.shape[1] for by_gate in gates.values() for trace in by_gate.values()), default=0)
+    hidden = max((layer.hidden_size for layer in model.layers), default=0)
+    per_window = 2.0 * steps * hidden**3 * 4 * sum(layer.directions for layer in model.layers)
+    if feeds.carry or not per_window:
+        return empty
+    count = min(8, int(GRADIENT_FLOPS // per_window))
+    if count < 1:
+        say(f"gradient flow left out: one window of layers of {hidden} units would take {per_window:.1e} flops")
+        return empty
+    return gradient_flow(model.fused, model.layers, gates, max_windows=count)
 
 
 def _explanations(replayer: Replayer, traces: dict[str, np.ndarray], typical: dict) -> pd.DataFrame:
@@ -251,7 +275,10 @@ def make_run(
     scores = score_windows(result.features, _reference_features(reference, names))
     ranked = scores.sort_values("rank")["window"].to_numpy()
     indices, reasons = sample_windows(source.indices(), ranked, settings)
-    traces = _traces(replayer, source, indices, reasons, result.batch_size)
+    traces, sampled_gates = _traces(replayer, source, indices, reasons, result.batch_size)
+    say("following gradients back through time …")
+    flow, unit_gradients = _gradients(model, sampled_gates, feeds, say)
+    del sampled_gates
     frames = result.stats.to_frames()
     if len(source.shape) > 3:  # chunks with their own steps: an impulse per chunk axis would mislabel lags
         say("impulse responses left out: windows of chunks [N, T, …] with more than one axis per chunk")
@@ -279,6 +306,8 @@ def make_run(
         weights=weights,
         weight_maps=weight_maps,
         weight_blocks=weight_blocks(model.fused, model.layers),
+        gradient_flow=flow,
+        unit_gradients=unit_gradients,
         timings={"replay_seconds": round(result.seconds, 3), "windows_per_second": round(result.windows_per_second, 1)},
     )
 
