@@ -28,6 +28,7 @@ __all__ = [
     "SATURATION",
     "Layer",
     "default_activations",
+    "direction_names",
     "gate_activations",
     "gate_family",
     "gate_label",
@@ -84,6 +85,14 @@ class Layer:
     branch: str = ""  # the control flow it sits in, outermost first ("If 'sr' then_branch › …"); "" top level
     cell: str = "fused"  # fused (an ONNX LSTM/GRU/RNN node) | decomposed (elementary ops) | generic
     note: str = ""  # one line a reader should know (a generic layer says what its traces are)
+
+
+def direction_names(layer: Layer) -> list[str]:
+    """What each index of a trace's direction axis runs as: "forward" or "reverse" (a bidirectional
+    layer's second direction, and the one direction of a reverse layer, read the window from its end)."""
+    if layer.directions == 2:
+        return ["forward", "reverse"]
+    return ["reverse" if layer.direction == "reverse" else "forward"]
 
 
 def default_activations(kind: str) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ from reporter.replay.gradient_flow import (
     gradient_flow,
     gradient_summary,
 )
+from reporter.replay.gradient_summary import verdict
 
 FEATURES, HIDDEN, STEPS, WINDOWS = 3, 5, 7, 4
 TOLERANCE = 1e-5  # relative to max(1, |value|)
@@ -203,6 +204,8 @@ def test_unit_half_lives_equal_autograd(torch_case):
             np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
             _assert_close(got[~np.isnan(got)], expected[~np.isnan(expected)])
             finite += int((~np.isnan(expected)).sum())
+            lags = np.arange(curves.shape[0])
+            assert rows["verdict"].tolist() == [verdict(lags, curves[:, k]) for k in range(HIDDEN)]
     assert finite > 0  # some units' influence halves within the window, so the interpolation is tested
 
 

@@ -48,6 +48,7 @@ from reporter.replay.gradient_summary import (
     gradient_summary,
     half_life,
     typed_frame,
+    verdict,
 )
 
 __all__ = [
@@ -253,5 +254,8 @@ def gradient_flow(
                         rows.append((layer.name, direction, target, lag, values.mean(), low, high))
             curves = units.mean(axis=0)  # [T, H]
             lags = np.arange(curves.shape[0])
-            unit_rows += [(layer.name, direction, k, half_life(lags, curves[:, k])) for k in range(curves.shape[1])]
+            unit_rows += [
+                (layer.name, direction, k, half_life(lags, curves[:, k]), verdict(lags, curves[:, k]))
+                for k in range(curves.shape[1])
+            ]
     return typed_frame(rows, GRADIENT_COLUMNS), typed_frame(unit_rows, UNIT_GRADIENT_COLUMNS)

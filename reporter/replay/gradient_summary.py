@@ -16,16 +16,25 @@ import pandas as pd
 
 __all__ = [
     "EXPLODING", "GRADIENT_COLUMNS", "HALF", "SUMMARY_COLUMNS", "UNIT_GRADIENT_COLUMNS", "VANISHING", "VANISH_LAG",
-    "gradient_summary", "half_life", "typed_frame",
+    "gradient_summary", "half_life", "typed_frame", "verdict",
 ]  # fmt: skip
 
 GRADIENT_COLUMNS = ("layer", "direction", "target", "lag", "norm", "low", "high")
-UNIT_GRADIENT_COLUMNS = ("layer", "direction", "unit", "half_life")
+UNIT_GRADIENT_COLUMNS = ("layer", "direction", "unit", "half_life", "verdict")
 SUMMARY_COLUMNS = ("layer", "direction", "half_life", "final", "peak", "verdict")
 EXPLODING = 10.0  # a state norm (÷√H) above this at any lag ≥ 1: the gradient explodes
 VANISHING = 1e-3  # below this at lag VANISH_LAG (or the last lag, if shorter): it vanishes
 VANISH_LAG = 10
 HALF = 0.5
+
+
+def verdict(lags: np.ndarray, norms: np.ndarray) -> str:
+    """ "exploding", "vanishing" or "steady" for one curve of norms by lag (lag 0 = 1)."""
+    later = norms[lags >= 1]
+    if later.size and later.max() > EXPLODING:
+        return "exploding"
+    at = np.flatnonzero(lags == min(VANISH_LAG, int(lags.max())))
+    return "vanishing" if at.size and norms[at[0]] < VANISHING else "steady"
 
 
 def half_life(lags: np.ndarray, values: np.ndarray) -> float:
@@ -54,9 +63,5 @@ def gradient_summary(flow: pd.DataFrame) -> pd.DataFrame:
         lags, norms = curve["lag"].to_numpy(), curve["norm"].to_numpy(np.float64)
         later = norms[lags >= 1]
         peak = float(later.max()) if later.size else float("nan")
-        at = np.flatnonzero(lags == min(VANISH_LAG, int(lags.max())))
-        verdict = "exploding" if peak > EXPLODING else "steady"
-        if verdict == "steady" and at.size and norms[at[0]] < VANISHING:
-            verdict = "vanishing"
-        rows.append((layer, direction, half_life(lags, norms), float(norms[-1]), peak, verdict))
+        rows.append((layer, direction, half_life(lags, norms), float(norms[-1]), peak, verdict(lags, norms)))
     return typed_frame(rows, SUMMARY_COLUMNS)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from reporter.layers import Layer
+from reporter.layers import Layer, direction_names
 
 __all__ = [
     "IMPULSE_COLUMNS", "RECENT", "contribution_ratio", "impulse_outputs", "impulse_response", "impulse_summary",
@@ -42,12 +42,6 @@ IMPULSE_COLUMNS = (
 RECENT = 20  # lags whose share of the squared response is the contribution ratio
 MAX_FEATURES = 16  # perturbed features by default: the most variable ones, when a model has more
 _STATE_GATES = {"h": "hidden", "c": "cell"}
-
-
-def _directions(layer: Layer) -> list[str]:
-    if layer.directions == 2:
-        return ["forward", "reverse"]
-    return ["reverse" if layer.direction == "reverse" else "forward"]
 
 
 def _rms_by_step(difference: np.ndarray) -> np.ndarray:
@@ -90,7 +84,7 @@ def _curves(
             if name is None or base[name].shape[0] == 0 or pushed[name].shape != base[name].shape:
                 continue  # no such state, or the layer did not run on both (an If branch)
             difference = pushed[name] - base[name]  # [B, T, D, H]
-            for d, direction in enumerate(_directions(layer)):
+            for d, direction in enumerate(direction_names(layer)):
                 by_step = _rms_by_step(difference[:, :, d])
                 signed = _signed_by_step(difference[:, :, d], step)
                 if direction == "forward":

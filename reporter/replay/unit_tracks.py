@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from reporter.layers import Layer
+from reporter.layers import Layer, direction_names
 from reporter.replay.text_features import BINARY, CONTINUOUS, TokenProps, step_features
 from reporter.vocab import shown
 
@@ -91,7 +91,7 @@ def _per_window(h: np.ndarray, sign: float) -> tuple[np.ndarray, np.ndarray]:
 def reads_backward(layer: Layer) -> np.ndarray:
     """Per unit (direction-major), whether it reads the window from its end: a reverse layer's
     units, and a bidirectional layer's second direction. Their context is mostly what follows."""
-    backward = [layer.direction == "reverse" or d == 1 for d in range(layer.directions)]
+    backward = [name == "reverse" for name in direction_names(layer)]
     return np.repeat(np.array(backward, bool), layer.hidden_size)
 
 

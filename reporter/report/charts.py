@@ -26,6 +26,7 @@ __all__ = [
     "Figure",
     "anomaly_chart",
     "distribution_chart",
+    "gradient_chart",
     "figure",
     "horizon_chart",
     "impulse_chart",
@@ -49,6 +50,10 @@ CAPTIONS = {
     "gate sat at its mean; ticks far right are integrators that hold information long.",
     "impulse": "A unit impulse is added to one input feature and the difference it makes is followed: the step "
     "where a line falls below 0.5 is the measured memory half-life of that state or output.",
+    "gradient": "How much the layer's final hidden state still depends on its state (solid) and input (dashed) "
+    "L steps earlier: ‖∂h_T/∂h_T−L‖ ÷ √units, exact from the gates and weights, mean and 10–90% band over sampled "
+    "windows (log scale). A fall below 0.5 is the gradient's half-life; training cannot reach further back than "
+    "where the line vanishes.",
     "trajectory": "Mean (line) and middle half (band) of each gate at every step, over all windows and units: a "
     "slope at the start is warm-up from the zero initial state, later slopes are drift.",
     "anomaly": "How unusual each window's gate behaviour is against the reference windows (symlog count axis); "
@@ -182,6 +187,32 @@ def impulse_chart(impulse: pd.DataFrame) -> Figure | None:
     chart = alt.Chart(data).mark_line(point=alt.OverlayMarkDef(size=12)).encode(**encoding)
     title = "Impulse response: how long one input stays visible"
     return figure("impulse", chart.properties(width=WIDTH, height=240, title=title))
+
+
+def gradient_chart(flow: pd.DataFrame) -> Figure | None:
+    """Gradient flow through time (`replay.gradient_flow`): norm by lag per layer, state and input."""
+    rows = flow[(flow["norm"] > 0) & np.isfinite(flow["norm"])] if not flow.empty else flow
+    if rows.empty:
+        return None
+    data = rows.assign(curve=rows["layer"] + " · " + rows["direction"])
+    data = data[["curve", "target", "lag", "norm", "low", "high"]]
+    data = data.assign(low=data["low"].clip(lower=1e-12), high=data["high"].clip(lower=1e-12)).round(8)
+    curves = list(dict.fromkeys(data["curve"]))
+    colour = alt.Color("curve:N", title="layer · direction", scale=alt.Scale(domain=curves, range=OKABE_ITO))
+    axis = "‖∂h_T / ∂(state or input) L steps before‖ ÷ √units"
+    y = alt.Y("norm:Q", title=axis, scale=alt.Scale(type="log"))
+    base = alt.Chart().encode(x=alt.X("lag:Q", title="steps before the last (L)"), color=colour)
+    band = base.transform_filter(alt.datum.target == "state").mark_area(opacity=0.15)
+    band = band.encode(y=alt.Y("low:Q", title=axis, scale=alt.Scale(type="log")), y2="high:Q")
+    line = base.mark_line().encode(
+        y=y,
+        strokeDash=alt.StrokeDash("target:N", title="with respect to", sort=["state", "input"]),
+        tooltip=tips("curve", "target", "lag", ("norm", ".3g"), ("low", ".3g", "10%"), ("high", ".3g", "90%")),
+    )
+    half = alt.Chart(pd.DataFrame({"y": [0.5]})).mark_rule(strokeDash=[4, 3], color="#888").encode(y="y:Q")
+    chart = alt.layer(band, line, data=data) + half
+    title = "Gradient flow through time"
+    return figure("gradient", chart.properties(width=WIDTH, height=240, title=title))
 
 
 def trajectory_chart(timestep_stats: pd.DataFrame) -> Figure:

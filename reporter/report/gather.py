@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from reporter.compare.diff import RunDiff, Verdict, check, diff_runs
-from reporter.layers import KEEP_GATE, Layer, gate_family, gate_order
+from reporter.layers import KEEP_GATE, Layer, direction_names, gate_family, gate_order
 from reporter.names import slug, unique
 from reporter.replay.anomaly import explain_window, flag_threshold, flagged, typical_from_timestep_stats
+from reporter.replay.gradient_summary import EXPLODING, VANISH_LAG, VANISHING, gradient_summary
 from reporter.replay.impulse import impulse_summary
 from reporter.report.cell_view import cell_data, similar_data
 from reporter.report.numbers import number
@@ -85,6 +86,12 @@ class RunView:
     similar: dict | None = None  # token runs: every sampled window's text and binarised h (`cell_view`)
     weight_rows: tuple[dict, ...] = ()  # per layer × direction × gate block: norms and the recurrent spectrum
     weight_warnings: tuple[str, ...] = ()  # recurrent blocks whose spectral radius warns
+    gradients: tuple[dict, ...] = ()  # per layer × direction: gradient half-life beside the impulse's, verdict
+
+    @property
+    def gradient_warnings(self) -> list[dict]:
+        """Layers whose gradient vanishes or explodes through time."""
+        return [row for row in self.gradients if row["verdict"] != "steady"]
 
     @property
     def meta(self) -> dict:
@@ -137,6 +144,7 @@ def unit_table(run: Run, layer: Layer) -> list[dict]:
     steps = int(run.meta.get("seq_len", 0))
     keep = KEEP_GATE.get(layer.kind)
     habits = unit_habits(run, layer)
+    gradient = _unit_gradients(run, layer)
     rows = []
     for (direction, unit), group in stats.groupby(["direction", "unit"], sort=True):
         by_gate = group.set_index("gate")
@@ -146,7 +154,9 @@ def unit_table(run: Run, layer: Layer) -> list[dict]:
                 "direction": int(direction),
                 "unit": int(unit),
                 "half_life": half_life,
-                "flags": _unit_flags(layer, by_gate, half_life, steps),
+                "gradient_half_life": gradient.get((int(direction), int(unit)), (float("nan"),))[0],
+                "flags": _unit_flags(layer, by_gate, half_life, steps)
+                + _gradient_flags(gradient.get((int(direction), int(unit)))),
                 **habits.get((int(direction), int(unit)), {"habits": [], "on": [], "off": []}),
                 "gates": {
                     gate: {
@@ -158,6 +168,29 @@ def unit_table(run: Run, layer: Layer) -> list[dict]:
             }
         )
     return rows
+
+
+def _unit_gradients(run: Run, layer: Layer) -> dict[tuple[int, int], tuple[float, str]]:
+    """(direction index, unit) -> (the lag at which the unit's influence on the final state halves,
+    its verdict)."""
+    rows = run.unit_gradients
+    if rows.empty:
+        return {}
+    rows = rows[rows["layer"] == layer.name]
+    index = {name: d for d, name in enumerate(direction_names(layer))}
+    verdicts = rows["verdict"] if "verdict" in rows else ["steady"] * len(rows)  # runs made before units had one
+    return {
+        (index[d], int(u)): (float(h), str(v))
+        for d, u, h, v in zip(rows["direction"], rows["unit"], rows["half_life"], verdicts)
+    }
+
+
+def _gradient_flags(gradient: tuple[float, str] | None) -> list[str]:
+    if gradient is None or gradient[1] not in ("vanishing", "exploding"):
+        return []
+    if gradient[1] == "vanishing":
+        return [f"vanishing gradient: {VANISH_LAG} steps back, its influence on the final state is below {VANISHING:g}"]
+    return [f"exploding gradient: its influence on the final state grows above {EXPLODING:g} going back"]
 
 
 def _unit_flags(layer: Layer, by_gate: pd.DataFrame, half_life: float, steps: int) -> list[str]:
@@ -270,6 +303,19 @@ def _run_view(run: Run, name: str, baseline: str | None, diff: DiffView | None, 
         _similar(run, windows),
         _weight_rows(run.weights),
         tuple(weight_warnings(run.weights)) if not run.weights.empty else (),
+        _gradient_rows(run, impulse),
+    )
+
+
+def _gradient_rows(run: Run, impulse: pd.DataFrame) -> tuple[dict, ...]:
+    """Per layer × direction: how fast the gradient through time halves, beside how fast an input
+    impulse fades from the same state (forward half-lives; NaN where either is not measured)."""
+    if run.gradient_flow.empty:
+        return ()
+    measured = impulse.groupby(["target", "direction"])["half_life"].mean() if len(impulse) else pd.Series()
+    return tuple(
+        {**row, "impulse_half_life": float(measured.get((f"{row['layer']}/h", row["direction"]), float("nan")))}
+        for row in gradient_summary(run.gradient_flow).to_dict("records")
     )
 
 

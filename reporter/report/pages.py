@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import jinja2
 
+from reporter.replay.gradient_summary import EXPLODING, VANISHING
 from reporter.report import charts, diff_charts, series_charts, weight_charts, window_charts
 from reporter.report.cell_view import SIMILAR_SCRIPT
 from reporter.report.gather import DiffView, RunView
@@ -38,6 +39,7 @@ def _run_figures(view: RunView) -> dict[str, list[dict]]:
             charts.saturation_chart(run.gate_stats, run.layers, thresholds), charts.distribution_chart(run.gate_stats)
         ),
         "memory": _figures(charts.horizon_chart(run.gate_stats), charts.impulse_chart(run.impulse)),
+        "gradient": _figures(charts.gradient_chart(run.gradient_flow)),
         "along": _figures(charts.trajectory_chart(run.timestep_stats)),
         "anomaly": _figures(charts.anomaly_chart(run.window_scores, view.threshold)),
         "weights": _figures(weight_charts.spectra_chart(run.weights), weight_charts.singular_chart(run.weights))
@@ -77,7 +79,11 @@ def _run_pages(env: jinja2.Environment, view: RunView, common: dict) -> Iterator
     """The run page, and each sampled window's page and layer pages, as (site path, HTML)."""
     folder = f"runs/{view.slug}"
     page = functools.partial(_render, env, root="../../", view=view, **common)
-    yield f"{folder}/index.html", page("run.html", figures=_run_figures(view), top=view.top, impulse=view.impulse)
+    thresholds = {"vanishing": VANISHING, "exploding": EXPLODING}
+    yield (
+        f"{folder}/index.html",
+        page("run.html", figures=_run_figures(view), top=view.top, impulse=view.impulse, **thresholds),
+    )
     if not view.run.weights.empty:
         heatmaps = _figures(*(weight_charts.weight_heatmaps(layer.name, view.run.weight_maps) for layer in view.layers))
         yield f"{folder}/{WEIGHTS_PAGE}", page("weights.html", figures=heatmaps)

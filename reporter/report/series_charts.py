@@ -25,8 +25,8 @@ CAPTIONS = {
     "dashed: below 0.1) at each checkpoint: a gate that learns to switch moves up both lines.",
     "series_shift": "How far each gate's value distribution moved since the previous checkpoint (Wasserstein-1, "
     "in gate-value units): large early, near zero once training has settled.",
-    "series_memory": "Memory half-life of each layer at each checkpoint: read from the mean keep gate (solid) and "
-    "measured by an input impulse (dashed), in steps.",
+    "series_memory": "Half-lives of each layer at each checkpoint, in steps: memory read from the mean keep gate, "
+    "measured by an input impulse, and how far back the gradient reaches before halving.",
     "series_strips": "Each column is one checkpoint, each row a value bin: darker cells hold more of that gate's "
     "values (every window, step and unit), so a band drifting upward is a gate opening over training.",
     "series_frames": "One fixed window's keep gate and hidden state at the checkpoint the slider picks (press play "
@@ -96,10 +96,15 @@ def shift_chart(view: SeriesView) -> Figure | None:
 
 
 def memory_chart(view: SeriesView) -> Figure | None:
-    long = view.memory.melt(["value", "layer"], ["gate_half_life", "measured_half_life"], "how", "steps").dropna()
+    names = {
+        "gate_half_life": "from the keep gate",
+        "measured_half_life": "measured (impulse)",
+        "gradient_half_life": "gradient through time",
+    }
+    long = view.memory.melt(["value", "layer"], list(names), "how", "steps").dropna()
     if long.empty:
         return None
-    long["how"] = long["how"].map({"gate_half_life": "from the keep gate", "measured_half_life": "measured (impulse)"})
+    long["how"] = long["how"].map(names)
     chart = (
         alt.Chart(long.round(DIGITS))
         .mark_line(point=True)

@@ -5,8 +5,8 @@ resolved which run is which checkpoint, `reporter.pipeline` replayed them. Here,
 
     gates        per layer × gate: mean, saturated fractions, and the shift from the previous
                  checkpoint (Wasserstein-1 of the value distributions, in gate-value units)
-    memory       per layer: the keep gate's median half-life (ln 0.5 / ln mean gate) and the
-                 measured impulse half-life of its hidden state
+    memory       per layer: the keep gate's median half-life (ln 0.5 / ln mean gate), the measured
+                 impulse half-life of its hidden state, and the gradient's half-life through time
     strips       per layer × gate: the share of values in each histogram bin (TensorBoard's
                  histogram over steps, one gate at a time)
     frames       one fixed window's unit × step values (keep gate and h) at every checkpoint
@@ -31,6 +31,7 @@ from reporter.compare.diff import gate_distance
 from reporter.layers import KEEP_GATE, Layer, gate_order
 from reporter.names import slug, unique
 from reporter.replay.anomaly import flagged
+from reporter.replay.gradient_summary import gradient_summary
 from reporter.replay.impulse import impulse_summary
 from reporter.replay.stats import gate_histogram
 from reporter.runstore import Run
@@ -51,7 +52,7 @@ class SeriesView:
     slug: str
     points: list[dict]  # per checkpoint: k, value, version, run page slug
     gates: pd.DataFrame  # k, value, layer, gate, mean, frac_low, frac_high, w1_prev
-    memory: pd.DataFrame  # k, value, layer, gate_half_life, measured_half_life
+    memory: pd.DataFrame  # k, value, layer, gate_half_life, measured_half_life, gradient_half_life
     strips: pd.DataFrame  # k, value, layer, gate, bin, share
     frames: pd.DataFrame  # k, value, layer, gate, row, v (one list per unit row)
     frame_window: int | None  # the window the frames show
@@ -105,6 +106,8 @@ def _gates(run: Run) -> list[dict]:
 def _memory(run: Run) -> list[dict]:
     summary = impulse_summary(run.impulse) if not run.impulse.empty else pd.DataFrame(columns=["target", "half_life"])
     measured = summary.groupby("target")["half_life"].mean()
+    flow = gradient_summary(run.gradient_flow) if not run.gradient_flow.empty else pd.DataFrame(columns=["layer"])
+    gradient = flow.groupby("layer")["half_life"].mean() if len(flow) else pd.Series(dtype=np.float64)
     rows = []
     for layer in run.layers:
         keep = KEEP_GATE.get(layer.kind)
@@ -114,6 +117,7 @@ def _memory(run: Run) -> list[dict]:
                 "layer": layer.name,
                 "gate_half_life": float(stats["half_life"].median()) if len(stats) else float("nan"),
                 "measured_half_life": float(measured.get(f"{layer.name}/h", float("nan"))),
+                "gradient_half_life": float(gradient.get(layer.name, float("nan"))),
             }
         )
     return rows
@@ -266,7 +270,7 @@ def series_view(
         slug=name,
         points=points,
         gates=_frame(gates, ["k", "layer", "gate", "mean", "frac_low", "frac_high", "w1_prev"], points),
-        memory=_frame(memory, ["k", "layer", "gate_half_life", "measured_half_life"], points),
+        memory=_frame(memory, ["k", "layer", "gate_half_life", "measured_half_life", "gradient_half_life"], points),
         strips=_frame(strips, ["k", "layer", "gate", "bin", "share"], points),
         frames=_frame(_frames(runs, runs[0].layers, window), ["k", "layer", "gate", "row", "v"], points),
         frame_window=window,
