@@ -20,6 +20,7 @@
       weight_blocks.npz      the same blocks whole (small models only), for a series' weight updates
       gradient_flow.parquet  ‖∂h_T/∂h_t‖ and ‖∂h_T/∂x_t‖ by lag per layer (`reporter.replay.gradient_flow`)
       unit_gradients.parquet per unit: the lag at which its influence on the final state halves
+      output_gradient.parquet ‖∂y_T/∂x_t‖ of the model's output by lag (torch checkpoints only)
       vocab.json             token models replayed with --vocab: id → the text it prints, a JSON list
 
 A run is written into a hidden sibling folder and renamed into place (`reporter.atomic`), so a
@@ -75,6 +76,7 @@ _LATER_COLUMNS = {
     "weights": ("layer", "direction", "gate", "matrix", "frobenius", "spectral_radius", "sigma_max"),  # what pages read
     "gradient_flow": GRADIENT_COLUMNS,
     "unit_gradients": UNIT_GRADIENT_COLUMNS,
+    "output_gradient": ("output", "lag", "norm", "low", "high"),
 }
 
 
@@ -101,6 +103,7 @@ class Run:
     weight_blocks: dict[str, np.ndarray] = field(default_factory=dict)  # whole, ≤ `model.weights.KEPT_VALUES`
     gradient_flow: pd.DataFrame = field(default_factory=pd.DataFrame)  # `replay.gradient_flow`, fused layers only
     unit_gradients: pd.DataFrame = field(default_factory=pd.DataFrame)
+    output_gradient: pd.DataFrame = field(default_factory=pd.DataFrame)  # `model.output_gradient`, torch only
 
     @property
     def name(self) -> str:

@@ -351,3 +351,34 @@ def test_cell_view_colours_the_text_by_the_picked_unit_and_finds_similar_spans(
     assert tab.problems == [] and tab.outside == []
     page.screenshot(path=str(artifacts / "charlm-cell-view.png"), full_page=True)
     tab.close()
+
+
+def test_the_series_play_button_steps_the_heatmaps_through_the_checkpoints(browser, sample_site, artifacts):
+    page_path = next((sample_site / "series").glob("forecaster_over_training-*.html"))
+    tab = Tab(browser, sample_site)
+    state = tab.open(page_path)
+    assert state["errors"] == [] and state["drawn"] == state["expected"], state
+    frames = "Object.entries(__charts.byId).find(([id]) => id.includes('series_frames'))[1]"
+    slider = tab.page.locator("input[type=range]")
+    assert tab.page.evaluate(f"{frames}.signal('checkpoint')") == 7 and slider.input_value() == "7"
+    tab.page.click("button[data-play]")  # from the last checkpoint, play starts again at the first
+    tab.page.wait_for_function(f"{frames}.signal('checkpoint') >= 2", timeout=10_000)
+    tab.page.click("button[data-play]")  # pause
+    shown = tab.page.evaluate(f"{frames}.signal('checkpoint')")
+    assert 2 <= shown < 7 and slider.input_value() == str(shown)  # the slider follows the play button
+    labels = tab.page.evaluate(
+        f"""(() => {{
+      const seen = new Set();
+      const walk = node => {{
+        if (!node) return;
+        if (node.marktype === 'rect' && node.role === 'mark') (node.items || []).forEach(i => seen.add(i.datum.label));
+        (node.items || []).forEach(walk);
+      }};
+      walk({frames}.scenegraph().root);
+      return [...seen];
+    }})()"""
+    )
+    assert labels == [f"epoch={shown}"]  # the heatmaps draw the checkpoint the slider shows, and only it
+    assert tab.problems == [] and tab.outside == [], tab.problems
+    tab.page.screenshot(path=str(artifacts / "series-page.png"), full_page=True)
+    tab.close()

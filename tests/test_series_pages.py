@@ -126,3 +126,12 @@ def test_the_site_links_series_and_checkpoints_both_ways(sample_runs, tmp_path):
     assert f'href="../../{sweep}"' in run_page and "One checkpoint of" in run_page
     html = (site / sweep).read_text()
     assert html.count('href="../runs/') >= 10 and "contribution ratio" in html
+
+
+def test_torch_checkpoints_get_the_models_input_gradient_through_time(series):
+    _, runs, _ = series["epoch"]
+    for run in runs:
+        frame = run.output_gradient
+        assert frame["output"].unique().tolist() == ["y"] and frame["lag"].tolist() == list(range(64))
+        assert (frame["low"] <= frame["norm"]).all() and (frame["norm"] <= frame["high"]).all()
+        assert frame["norm"].iloc[0] > frame["norm"].iloc[-1] > 0  # a forecaster reads its latest steps most

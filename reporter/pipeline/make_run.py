@@ -21,6 +21,7 @@ import pandas as pd
 
 from reporter.errors import RunError
 from reporter.layers import gate_order
+from reporter.model.output_gradient import output_gradient
 from reporter.model.weights import layer_weights, weight_blocks
 from reporter.pipeline.model_source import ModelSource
 from reporter.provenance import file_sha256, made_at, package_versions
@@ -38,6 +39,7 @@ from reporter.runstore import SCHEMA_VERSION, Run
 __all__ = ["GRADIENT_FLOPS", "RunSettings", "make_run", "sample_windows", "with_vocab"]
 
 GRADIENT_FLOPS = 4e10  # gradient flow per run: ~8 windows of 2 × 128 units × 100 steps, seconds on a laptop core
+GRADIENT_WINDOWS = 8  # sampled windows the gradients are followed on, at most (fixed ones first)
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,14 @@ def _traces(
     return traces, gates
 
 
+def _output_gradient(model: ModelSource, traces: dict[str, np.ndarray], feeds: Feeds, names: list[str]):
+    """‖∂y_T/∂x_t‖ by the torch module's autograd on the first sampled windows, for a model fed its
+    windows alone (`model.output_gradient`); empty for ONNX checkpoints and models fed more."""
+    alone = not (feeds.per_window or feeds.constant or feeds.carry or feeds.one_window_per_call)
+    windows = traces["x"][:GRADIENT_WINDOWS] if alone and names else np.empty((0,))
+    return output_gradient(model.checkpoint.module, windows, names[0] if names else "")
+
+
 def _gradients(
     model: ModelSource, gates: dict[str, dict[str, np.ndarray]], feeds: Feeds, say: Callable[[str], None]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -148,7 +158,7 @@ def _gradients(
     per_window = 2.0 * steps * hidden**3 * 4 * sum(layer.directions for layer in model.layers)
     if feeds.carry or not per_window:
         return empty
-    count = min(8, int(GRADIENT_FLOPS // per_window))
+    count = min(GRADIENT_WINDOWS, int(GRADIENT_FLOPS // per_window))
     if count < 1:
         say(f"gradient flow left out: one window of layers of {hidden} units would take {per_window:.1e} flops")
         return empty
@@ -279,6 +289,7 @@ def make_run(
     say("following gradients back through time …")
     flow, unit_gradients = _gradients(model, sampled_gates, feeds, say)
     del sampled_gates
+    saliency = _output_gradient(model, traces, feeds, replayer.output_names)
     frames = result.stats.to_frames()
     if len(source.shape) > 3:  # chunks with their own steps: an impulse per chunk axis would mislabel lags
         say("impulse responses left out: windows of chunks [N, T, …] with more than one axis per chunk")
@@ -308,6 +319,7 @@ def make_run(
         weight_blocks=weight_blocks(model.fused, model.layers),
         gradient_flow=flow,
         unit_gradients=unit_gradients,
+        output_gradient=saliency,
         timings={"replay_seconds": round(result.seconds, 3), "windows_per_second": round(result.windows_per_second, 1)},
     )
 

@@ -30,7 +30,9 @@ __all__ = [
     "figure",
     "horizon_chart",
     "impulse_chart",
+    "saliency_chart",
     "saturation_chart",
+    "significant",
     "tips",
     "trajectory_chart",
 ]
@@ -54,6 +56,9 @@ CAPTIONS = {
     "L steps earlier: ‖∂h_T/∂h_T−L‖ ÷ √units, exact from the gates and weights, mean and 10–90% band over sampled "
     "windows (log scale). A fall below 0.5 is the gradient's half-life; training cannot reach further back than "
     "where the line vanishes.",
+    "saliency": "How much the model's last output depends on its input L steps earlier, ‖∂y_T/∂x_T−L‖ over every "
+    "output component and input feature, by torch autograd on the sampled windows (mean and 10–90% band, log "
+    "scale): the steps the model's answer actually reads.",
     "trajectory": "Mean (line) and middle half (band) of each gate at every step, over all windows and units: a "
     "slope at the start is warm-up from the zero initial state, later slopes are drift.",
     "anomaly": "How unusual each window's gate behaviour is against the reference windows (symlog count axis); "
@@ -77,6 +82,19 @@ class Figure:
 def figure(key: str, chart: alt.TopLevelMixin, captions: dict[str, str] = CAPTIONS) -> Figure:
     """A chart with its caption from `captions`."""
     return Figure(key, captions[key], chart)
+
+
+def significant(frame: pd.DataFrame, columns: list[str], digits: int = 4) -> pd.DataFrame:
+    """Numbers kept to `digits` significant digits (not decimals): a log axis spans decades, and
+    a value rounded to 0 would leave it (and warn)."""
+    out = frame.copy()
+    for column in columns:
+        values = out[column].to_numpy(np.float64)
+        finite = np.isfinite(values) & (values != 0)
+        scale = np.zeros_like(values)
+        scale[finite] = np.floor(np.log10(np.abs(values[finite])))
+        out[column] = np.where(finite, np.round(values / 10**scale, digits - 1) * 10**scale, values)
+    return out
 
 
 def tips(*fields) -> list:
@@ -196,7 +214,9 @@ def gradient_chart(flow: pd.DataFrame) -> Figure | None:
         return None
     data = rows.assign(curve=rows["layer"] + " · " + rows["direction"])
     data = data[["curve", "target", "lag", "norm", "low", "high"]]
-    data = data.assign(low=data["low"].clip(lower=1e-12), high=data["high"].clip(lower=1e-12)).round(8)
+    data = significant(
+        data.assign(low=data["low"].clip(lower=1e-12), high=data["high"].clip(lower=1e-12)), ["norm", "low", "high"]
+    )
     curves = list(dict.fromkeys(data["curve"]))
     colour = alt.Color("curve:N", title="layer · direction", scale=alt.Scale(domain=curves, range=OKABE_ITO))
     axis = "‖∂h_T / ∂(state or input) L steps before‖ ÷ √units"
@@ -209,10 +229,28 @@ def gradient_chart(flow: pd.DataFrame) -> Figure | None:
         strokeDash=alt.StrokeDash("target:N", title="with respect to", sort=["state", "input"]),
         tooltip=tips("curve", "target", "lag", ("norm", ".3g"), ("low", ".3g", "10%"), ("high", ".3g", "90%")),
     )
-    half = alt.Chart(pd.DataFrame({"y": [0.5]})).mark_rule(strokeDash=[4, 3], color="#888").encode(y="y:Q")
+    half = alt.Chart(pd.DataFrame({"y": [0.5]})).mark_rule(strokeDash=[4, 3], color="#888")
+    half = half.encode(y=alt.Y("y:Q", scale=alt.Scale(type="log")))
     chart = alt.layer(band, line, data=data) + half
     title = "Gradient flow through time"
     return figure("gradient", chart.properties(width=WIDTH, height=240, title=title))
+
+
+def saliency_chart(frame: pd.DataFrame) -> Figure | None:
+    """‖∂y_T/∂x_t‖ by lag (`model.output_gradient`)."""
+    rows = frame[frame["norm"] > 0] if not frame.empty else frame
+    if rows.empty:
+        return None
+    data = rows.assign(low=rows["low"].clip(lower=1e-12), high=rows["high"].clip(lower=1e-12))
+    data = significant(data[["output", "lag", "norm", "low", "high"]], ["norm", "low", "high"])
+    log = alt.Scale(type="log")
+    base = alt.Chart(data).encode(x=alt.X("lag:Q", title="steps before the last (L)"))
+    band = base.mark_area(opacity=0.2).encode(y=alt.Y("low:Q", title="‖∂y_T / ∂x_T−L‖", scale=log), y2="high:Q")
+    line = base.mark_line().encode(
+        y=alt.Y("norm:Q", scale=log), tooltip=tips("output", "lag", ("norm", ".3g"), ("low", ".3g"), ("high", ".3g"))
+    )
+    title = f"What the last output reads: input gradient of {data['output'].iloc[0]}"
+    return figure("saliency", (band + line).properties(width=WIDTH, height=200, title=title))
 
 
 def trajectory_chart(timestep_stats: pd.DataFrame) -> Figure:

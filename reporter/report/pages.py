@@ -39,7 +39,7 @@ def _run_figures(view: RunView) -> dict[str, list[dict]]:
             charts.saturation_chart(run.gate_stats, run.layers, thresholds), charts.distribution_chart(run.gate_stats)
         ),
         "memory": _figures(charts.horizon_chart(run.gate_stats), charts.impulse_chart(run.impulse)),
-        "gradient": _figures(charts.gradient_chart(run.gradient_flow)),
+        "gradient": _figures(charts.gradient_chart(run.gradient_flow), charts.saliency_chart(run.output_gradient)),
         "along": _figures(charts.trajectory_chart(run.timestep_stats)),
         "anomaly": _figures(charts.anomaly_chart(run.window_scores, view.threshold)),
         "weights": _figures(weight_charts.spectra_chart(run.weights), weight_charts.singular_chart(run.weights))

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from reporter.layers import gate_label
-from reporter.report.charts import DIGITS, OKABE_ITO, WIDTH, Figure, figure, tips
+from reporter.report.charts import DIGITS, OKABE_ITO, WIDTH, Figure, figure, significant, tips
 from reporter.report.series_view import MOVED, SeriesView
 
 __all__ = ["CAPTIONS", "CHECKPOINT_PARAM", "series_figures"]
@@ -213,7 +213,7 @@ def _update_chart(view: SeriesView, column: str, key: str, title: str, axis: str
     data = data[data[column] > 0] if log else data
     data = data.assign(gate=data["gate"].map(gate_label), block=data["layer"] + " · d" + data["direction"].astype(str))
     chart = (
-        alt.Chart(data[["value", "block", "gate", "matrix", column]].round(8))
+        alt.Chart(significant(data[["value", "block", "gate", "matrix", column]], [column]))
         .mark_line(point=True)
         .encode(
             x=_key_axis(view),
@@ -253,7 +253,7 @@ def curves_chart(view: SeriesView) -> Figure | None:
         return None
     data = curves[curves["step"] >= 0][["metric", "epoch", "step", "value"]]
     lines = (
-        alt.Chart(data.round(6))
+        alt.Chart(significant(data, ["value"]))
         .mark_line(point=alt.OverlayMarkDef(size=10))
         .encode(
             x=alt.X("step:Q", title="optimisation step"),

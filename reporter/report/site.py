@@ -44,7 +44,12 @@ __all__ = ["TEMPLATES", "asset_text", "build_site", "build_time", "environment",
 # The templates and the page script ship inside the package (`reporter.templates`, mapped from the
 # repository's top-level templates/ folder), so a plain `pip install` has them.
 TEMPLATES = resources.files("reporter.templates")
-_KEPT = ("README.md", "run-page.png", "cell-view.png")  # the output folder's own files, in git: not build output
+_KEPT = (
+    "README.md",
+    "run-page.png",
+    "cell-view.png",
+    "series-page.png",
+)  # the output folder's own files, in git: not build output
 
 
 def _template_source(name: str) -> str | None:
