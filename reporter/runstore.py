@@ -61,6 +61,7 @@ LATER_TABLES = (
     "weights",
     "gradient_flow",
     "unit_gradients",
+    "output_gradient",
 )  # absent in runs made before they were kept
 LATER_ARRAYS = ("weight_maps", "weight_blocks")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold: no build time leaks in

@@ -52,6 +52,20 @@ def _colour(field: str, title: str, domain: list[str]) -> alt.Color:
     return alt.Color(f"{field}:N", title=title, scale=alt.Scale(domain=domain, range=OKABE_ITO))
 
 
+def _key_lines(view: SeriesView, data: pd.DataFrame, y: alt.Y, colour: str, dash: tuple | None, tooltip: list):
+    """One line per `colour` value (dashed by `dash` = (field, title, order)) over the series' key."""
+    encoding = {
+        "x": _key_axis(view),
+        "y": y,
+        "color": _colour(colour, colour, list(dict.fromkeys(data[colour]))),
+        "tooltip": tips(*tooltip, ("value", "~g", view.key)),
+    }
+    if dash:
+        field, title, order = dash
+        encoding["strokeDash"] = alt.StrokeDash(f"{field}:N", title=title, sort=order, legend=_DASH)
+    return alt.Chart(data).mark_line(point=True).encode(**encoding)
+
+
 def saturation_chart(view: SeriesView) -> Figure | None:
     data = view.gates.dropna(subset=["frac_low", "frac_high"])
     if data.empty:
@@ -59,19 +73,10 @@ def saturation_chart(view: SeriesView) -> Figure | None:
     data = data.assign(gate=data["gate"].map(gate_label))
     long = data.melt(["value", "layer", "gate"], ["frac_low", "frac_high"], var_name="side", value_name="share")
     long["side"] = long["side"].map({"frac_low": "below 0.1", "frac_high": "above 0.9"})
-    line = (
-        alt.Chart(long.round(DIGITS))
-        .mark_line(point=True)
-        .encode(
-            x=_key_axis(view),
-            y=alt.Y("share:Q", title="share of values saturated"),
-            color=_colour("gate", "gate", list(dict.fromkeys(long["gate"]))),
-            strokeDash=alt.StrokeDash("side:N", title="side", sort=["above 0.9", "below 0.1"], legend=_DASH),
-            tooltip=tips("layer", "gate", "side", ("value", "~g", view.key), ("share", ".3f")),
-        )
-        .properties(width=260, height=160)
-    )
-    chart = line.facet(column=alt.Column("layer:N", title=None))
+    y = alt.Y("share:Q", title="share of values saturated")
+    dash = ("side", "side", ["above 0.9", "below 0.1"])
+    line = _key_lines(view, long.round(DIGITS), y, "gate", dash, ["layer", "gate", "side", ("share", ".3f")])
+    chart = line.properties(width=260, height=160).facet(column=alt.Column("layer:N", title=None))
     return figure("series_saturation", chart.properties(title="Saturation over the series"), CAPTIONS)
 
 
@@ -79,19 +84,10 @@ def shift_chart(view: SeriesView) -> Figure | None:
     data = view.gates.dropna(subset=["w1_prev"])
     if data.empty:
         return None
-    data = data.assign(gate=data["gate"].map(gate_label))
-    chart = (
-        alt.Chart(data[["value", "layer", "gate", "w1_prev"]].round(6))
-        .mark_line(point=True)
-        .encode(
-            x=_key_axis(view),
-            y=alt.Y("w1_prev:Q", title="Wasserstein-1 from the previous checkpoint"),
-            color=_colour("gate", "gate", list(dict.fromkeys(data["gate"]))),
-            tooltip=tips("layer", "gate", ("value", "~g", view.key), ("w1_prev", ".4f", "W1")),
-        )
-        .properties(width=260, height=160)
-        .facet(column=alt.Column("layer:N", title=None))
-    )
+    data = data.assign(gate=data["gate"].map(gate_label))[["value", "layer", "gate", "w1_prev"]]
+    y = alt.Y("w1_prev:Q", title="Wasserstein-1 from the previous checkpoint")
+    line = _key_lines(view, data.round(6), y, "gate", None, ["layer", "gate", ("w1_prev", ".4f", "W1")])
+    chart = line.properties(width=260, height=160).facet(column=alt.Column("layer:N", title=None))
     return figure("series_shift", chart.properties(title="Distribution shift between checkpoints"), CAPTIONS)
 
 
@@ -105,21 +101,10 @@ def memory_chart(view: SeriesView) -> Figure | None:
     if long.empty:
         return None
     long["how"] = long["how"].map(names)
-    chart = (
-        alt.Chart(long.round(DIGITS))
-        .mark_line(point=True)
-        .encode(
-            x=_key_axis(view),
-            y=alt.Y("steps:Q", title="memory half-life (steps)"),
-            color=_colour("layer", "layer", list(dict.fromkeys(long["layer"]))),
-            strokeDash=alt.StrokeDash(
-                "how:N", title="half-life", sort=["from the keep gate", "measured (impulse)"], legend=_DASH
-            ),
-            tooltip=tips("layer", "how", ("value", "~g", view.key), ("steps", ".2f", "half-life")),
-        )
-        .properties(width=WIDTH, height=200, title="Memory over the series")
-    )
-    return figure("series_memory", chart, CAPTIONS)
+    y = alt.Y("steps:Q", title="half-life (steps)")
+    dash = ("how", "half-life", list(names.values()))
+    chart = _key_lines(view, long.round(DIGITS), y, "layer", dash, ["layer", "how", ("steps", ".2f", "half-life")])
+    return figure("series_memory", chart.properties(width=WIDTH, height=200, title="Memory over the series"), CAPTIONS)
 
 
 def strips_chart(view: SeriesView) -> Figure | None:
@@ -212,19 +197,11 @@ def _update_chart(view: SeriesView, column: str, key: str, title: str, axis: str
         return None
     data = data[data[column] > 0] if log else data
     data = data.assign(gate=data["gate"].map(gate_label), block=data["layer"] + " · d" + data["direction"].astype(str))
-    chart = (
-        alt.Chart(significant(data[["value", "block", "gate", "matrix", column]], [column]))
-        .mark_line(point=True)
-        .encode(
-            x=_key_axis(view),
-            y=alt.Y(f"{column}:Q", title=axis, scale=alt.Scale(type="log") if log else alt.Undefined),
-            color=_colour("gate", "gate", list(dict.fromkeys(data["gate"]))),
-            strokeDash=alt.StrokeDash("matrix:N", title="weights", sort=["recurrent", "input"], legend=_DASH),
-            tooltip=tips("block", "gate", "matrix", ("value", "~g", view.key), (column, ".4g")),
-        )
-        .properties(width=260, height=160)
-        .facet(column=alt.Column("block:N", title=None))
-    )
+    data = significant(data[["value", "block", "gate", "matrix", column]], [column])
+    y = alt.Y(f"{column}:Q", title=axis, scale=alt.Scale(type="log") if log else alt.Undefined)
+    dash = ("matrix", "weights", ["recurrent", "input"])
+    line = _key_lines(view, data, y, "gate", dash, ["block", "gate", "matrix", (column, ".4g")])
+    chart = line.properties(width=260, height=160).facet(column=alt.Column("block:N", title=None))
     return figure(key, chart.properties(title=title), CAPTIONS)
 
 
