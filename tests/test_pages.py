@@ -123,3 +123,25 @@ def test_anomaly_shift_compares_shares_of_each_runs_windows(sample_runs):
     spec = anomaly_shift_chart(diff_runs(a, b)).spec()
     data = pd.DataFrame(spec["datasets"][next(iter(spec["datasets"]))])
     np.testing.assert_allclose(data.groupby("run")["share"].sum(), 1.0, atol=1e-3)
+
+
+def test_log_axes_get_no_zero_from_rounding():
+    """Values far below the chart's decimals stay positive on log axes (Vega warns on a zero in a log
+    domain, and the browser test fails on any warning): a user's GRU had a singular value of 1e-6."""
+    from reporter.report.charts import gradient_chart
+    from reporter.report.weight_charts import singular_chart
+
+    weights = pd.DataFrame(
+        [{"layer": "l", "direction": 0, "gate": "z", "matrix": "recurrent", "singular_values": [2.5, 3e-6, 0.0]}]
+    )
+    flow = pd.DataFrame(
+        {
+            "layer": "l", "direction": "forward", "target": ["state", "state", "input"], "lag": [0, 1, 1],
+            "norm": [1.0, 2.34567e-9, 5e-11], "low": [1.0, 4.7e-10, 1e-12], "high": [1.0, 3.1e-8, 1e-10],
+        }
+    )  # fmt: skip
+    for spec, fields in ((singular_chart(weights).spec(), ["sigma"]), (gradient_chart(flow).spec(), ["norm", "low"])):
+        rows = [row for data in spec["datasets"].values() for row in data if fields[0] in row]
+        values = [row[field] for row in rows for field in fields]
+        assert values and all(value > 0 for value in values), values
+    assert 3e-6 in [row["sigma"] for data in singular_chart(weights).spec()["datasets"].values() for row in data]

@@ -177,7 +177,7 @@ def horizon_chart(gate_stats: pd.DataFrame) -> Figure | None:
     rows = gate_stats[np.isfinite(gate_stats["half_life"].astype(float)) & (gate_stats["half_life"] > 0)]
     if rows.empty:
         return None
-    data = rows[["layer", "direction", "unit", "mean", "half_life"]].round(DIGITS)
+    data = significant(rows[["layer", "direction", "unit", "mean", "half_life"]].round({"mean": DIGITS}), ["half_life"])
     layers = list(dict.fromkeys(data["layer"]))
     encoding = {
         "x": alt.X("half_life:Q", title="memory half-life (steps, log scale)", scale=alt.Scale(type="log")),

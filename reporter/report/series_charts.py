@@ -229,12 +229,17 @@ def curves_chart(view: SeriesView) -> Figure | None:
     if curves is None or curves.empty:
         return None
     data = curves[curves["step"] >= 0][["metric", "epoch", "step", "value"]]
+    log = bool((data["value"] > 0).all())  # losses span decades; a metric at or below 0 cannot go on a log axis
     lines = (
         alt.Chart(significant(data, ["value"]))
         .mark_line(point=alt.OverlayMarkDef(size=10))
         .encode(
             x=alt.X("step:Q", title="optimisation step"),
-            y=alt.Y("value:Q", title="metric value (log scale)", scale=alt.Scale(type="log")),
+            y=alt.Y(
+                "value:Q",
+                title="metric value" + (" (log scale)" if log else ""),
+                scale=alt.Scale(type="log") if log else alt.Undefined,
+            ),
             color=_colour("metric", "metric", list(dict.fromkeys(data["metric"]))),
             tooltip=tips("metric", "epoch", "step", ("value", ".4g")),
         )

@@ -14,7 +14,7 @@ import pandas as pd
 
 from reporter.layers import gate_label, sorted_gates
 from reporter.names import slug
-from reporter.report.charts import DIGITS, OKABE_ITO, WIDTH, Figure, figure, tips
+from reporter.report.charts import DIGITS, OKABE_ITO, WIDTH, Figure, figure, significant, tips
 
 __all__ = ["CAPTIONS", "EXPLODING", "FORGETTING", "spectra_chart", "weight_heatmaps", "weight_warnings"]
 
@@ -70,7 +70,7 @@ def singular_chart(weights: pd.DataFrame) -> Figure | None:
         ]
     )
     chart = (
-        alt.Chart(data.round(DIGITS))
+        alt.Chart(significant(data[data["sigma"] > 0], ["sigma"]))  # a log axis: digits, not decimals
         .mark_line()
         .encode(
             x=alt.X("rank:Q", title="singular value rank"),
