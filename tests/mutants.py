@@ -100,6 +100,22 @@ MUTATIONS = (
         ("tests/test_browser.py", "-k", "single_file or hostile"),
     ),
     Mutation(
+        "gradient-cell-path",
+        "gradient flow is exact",
+        "reporter/replay/gradient_flow.py",
+        "        gh, gc = pre @ r, total_c * f[:, t][:, None]",
+        "        gh, gc = pre @ r, 0.0 * total_c",
+        ("tests/test_gradient_flow.py", "-k", "equal_autograd"),
+    ),
+    Mutation(
+        "series-order",
+        "a series is in the order of its key",
+        "reporter/series.py",
+        "        order = sorted(range(len(paths)), key=lambda k: (numbers[k], paths[k].name))",
+        "        order = sorted(range(len(paths)), key=lambda k: paths[k].name)",
+        ("tests/test_series_config.py", "-k", "ordered"),
+    ),
+    Mutation(
         "thread-order",
         "determinism",
         "reporter/replay/runner.py",
