@@ -9,13 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import pandas as pd
+
 from reporter.atomic import check_output_dir
 from reporter.config import SiteConfig
 from reporter.errors import OutputError
+from reporter.model.checkpoint_metrics import checkpoint_metrics
 from reporter.pipeline.run_cache import cached_run
 from reporter.pipeline.training_log import read_metrics
 from reporter.report.site import build_site
 from reporter.runstore import Run
+from reporter.series import SeriesConfig
 
 __all__ = ["build", "gather_runs"]
 
@@ -46,6 +50,15 @@ def gather_runs(
     return gathered
 
 
+def _training_curves(config: SiteConfig, series: SeriesConfig) -> pd.DataFrame | None:
+    """A series' training log: its metrics.csv, else the metric its Lightning checkpoints were saved on."""
+    if series.metrics:
+        return read_metrics(series.metrics)
+    paths = {(run.model, run.version): run.checkpoint for run in config.runs}
+    curves = checkpoint_metrics([paths[(series.model, version)] for version in series.versions])
+    return curves if len(curves) else None
+
+
 def build(
     config: SiteConfig | None,
     output: Path | None = None,
@@ -63,7 +76,7 @@ def build(
     if not runs:
         where = f"{config.path}: no [[runs]] table" if config is not None else "no run"
         raise OutputError(f"{where} and no --runs RUN_DIR: nothing to build")
-    series = [(one, read_metrics(one.metrics) if one.metrics else None) for one in (config.series if config else ())]
+    series = [(one, _training_curves(config, one)) for one in (config.series if config else ())]
     return build_site(
         runs,
         output,
