@@ -18,7 +18,6 @@ from reporter.report.series_view import MOVED, SeriesView
 
 __all__ = ["CAPTIONS", "CHECKPOINT_PARAM", "series_figures"]
 
-_DASH = alt.Legend(symbolType="stroke", symbolStrokeColor="#555", symbolStrokeWidth=2)  # a dash, not a circle
 CHECKPOINT_PARAM = "checkpoint"  # the stepped heatmap's slider; the page's play button moves it
 CAPTIONS = {
     "series_saturation": "Share of every layer's gate values beyond the saturation thresholds (solid: above 0.9, "
@@ -53,17 +52,19 @@ def _colour(field: str, title: str, domain: list[str]) -> alt.Color:
 
 
 def _key_lines(view: SeriesView, data: pd.DataFrame, y: alt.Y, colour: str, dash: tuple | None, tooltip: list):
-    """One line per `colour` value (dashed by `dash` = (field, title, order)) over the series' key."""
-    encoding = {
-        "x": _key_axis(view),
-        "y": y,
-        "color": _colour(colour, colour, list(dict.fromkeys(data[colour]))),
-        "tooltip": tips(*tooltip, ("value", "~g", view.key)),
-    }
+    """One line per `colour` value (dashed by `dash` = (field, title, order)) over the series' key,
+    a dot at each checkpoint (drawn apart from the lines, so the legend shows the dashes)."""
+    base = alt.Chart(data).encode(
+        x=_key_axis(view),
+        y=y,
+        color=_colour(colour, colour, list(dict.fromkeys(data[colour]))),
+        tooltip=tips(*tooltip, ("value", "~g", view.key)),
+    )
+    line = base.mark_line()
     if dash:
         field, title, order = dash
-        encoding["strokeDash"] = alt.StrokeDash(f"{field}:N", title=title, sort=order, legend=_DASH)
-    return alt.Chart(data).mark_line(point=True).encode(**encoding)
+        line = line.encode(strokeDash=alt.StrokeDash(f"{field}:N", title=title, sort=order))
+    return alt.layer(line, base.mark_circle(size=28, opacity=1))
 
 
 def saturation_chart(view: SeriesView) -> Figure | None:
