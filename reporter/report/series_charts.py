@@ -32,8 +32,9 @@ CAPTIONS = {
     "to step through them): units are rows, steps columns.",
     "series_impulse": "Response to a unit input impulse, ÷ its peak, at each checkpoint (darker: later or larger "
     "setting): a curve further right remembers longer.",
-    "series_updates": "Relative update of each weight block since the previous checkpoint, ‖ΔW‖ ÷ ‖W‖ (log scale; "
-    "solid: recurrent R, dashed: input W): the learning rate as the weights felt it.",
+    "series_updates": "Relative difference of each weight block from the previous checkpoint, ‖ΔW‖ ÷ ‖W‖ (log "
+    "scale; solid: recurrent R, dashed: input W): over epochs, the learning rate as the weights felt it; across a "
+    "sweep, how far apart neighbouring settings trained.",
     "series_moved": f"Share of each block's weights that moved by more than {MOVED:g} × the block's RMS since the "
     "previous checkpoint (solid: recurrent, dashed: input): near 1 while all weights still learn.",
     "series_anomaly": "Share of its own windows each checkpoint flags as anomalous (median + 3 robust std of its "
