@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from reporter.compare.diff import diff_runs
+from reporter.compare.thresholds import DEFAULT_THRESHOLDS
 from reporter.config import load_config
 from reporter.pipeline.training_log import read_metrics
 from reporter.replay.impulse import impulse_summary
 from reporter.replay.stats import gate_histogram
+from reporter.report.gather import gather_site
 from reporter.report.series_charts import series_figures
 from reporter.report.series_view import MOVED, series_view
 from reporter.report.site import build_site
@@ -31,8 +33,9 @@ def series(sample_runs):
     views = {}
     for config in load_config(SAMPLE_CONFIG).series:
         runs = [sample_runs[(config.model, version)] for version in config.versions]
+        gathered = gather_site([(run, None) for run in runs], DEFAULT_THRESHOLDS, {run.name for run in runs})
         curves = read_metrics(config.metrics) if config.metrics else None
-        views[config.key] = (config, runs, series_view(config, runs, list(config.versions), "s", curves))
+        views[config.key] = (config, runs, series_view(config, gathered, "s", curves))
     return views
 
 

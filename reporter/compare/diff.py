@@ -34,7 +34,7 @@ from reporter.replay.impulse import impulse_summary
 from reporter.replay.stats import gate_histogram
 from reporter.runstore import Run
 
-__all__ = ["RunDiff", "Verdict", "check", "diff_runs", "gate_distance"]
+__all__ = ["RunDiff", "Verdict", "check", "diff_runs", "gate_distance", "weighted_mean"]
 
 MOVED_WINDOWS = 10
 
@@ -78,7 +78,8 @@ def _histogram(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([[lo], centres, [hi]]), np.concatenate([[under], counts, [over]])
 
 
-def _weighted(rows: pd.DataFrame, column: str) -> float:
+def weighted_mean(rows: pd.DataFrame, column: str) -> float:
+    """A column of `gate_stats` rows averaged over every value they counted (NaN when none)."""
     return float(np.average(rows[column], weights=rows["count"])) if rows["count"].sum() else float("nan")
 
 
@@ -120,7 +121,7 @@ def _gate_shift(a: Run, b: Run, pairs) -> pd.DataFrame:
             w1, ks = gate_distance(ra, rb)
             row = {"layer": layer.name, "gate": gate, "wasserstein": w1, "ks": ks}
             for column in ("mean", "frac_low", "frac_high"):
-                row[f"{column}_a"], row[f"{column}_b"] = _weighted(ra, column), _weighted(rb, column)
+                row[f"{column}_a"], row[f"{column}_b"] = weighted_mean(ra, column), weighted_mean(rb, column)
                 row[f"d_{column}"] = row[f"{column}_b"] - row[f"{column}_a"]
             rows.append(row)
     return pd.DataFrame(rows)

@@ -178,10 +178,9 @@ def _unit_gradients(run: Run, layer: Layer) -> dict[tuple[int, int], tuple[float
         return {}
     rows = rows[rows["layer"] == layer.name]
     index = {name: d for d, name in enumerate(direction_names(layer))}
-    verdicts = rows["verdict"] if "verdict" in rows else ["steady"] * len(rows)  # runs made before units had one
     return {
         (index[d], int(u)): (float(h), str(v))
-        for d, u, h, v in zip(rows["direction"], rows["unit"], rows["half_life"], verdicts)
+        for d, u, h, v in zip(rows["direction"], rows["unit"], rows["half_life"], rows["verdict"])
     }
 
 

@@ -27,13 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from reporter.compare.diff import gate_distance
+from reporter.compare.diff import gate_distance, weighted_mean
 from reporter.layers import KEEP_GATE, Layer, gate_order
 from reporter.names import slug, unique
-from reporter.replay.anomaly import flagged
-from reporter.replay.gradient_summary import gradient_summary
-from reporter.replay.impulse import impulse_summary
 from reporter.replay.stats import gate_histogram
+from reporter.report.gather import RunView
 from reporter.runstore import Run
 from reporter.series import SeriesConfig, format_value
 
@@ -95,19 +93,19 @@ class SeriesView:
 def _gates(run: Run) -> list[dict]:
     rows = []
     for (layer, gate), block in run.gate_stats.groupby(["layer", "gate"], sort=False):
-        weights = block["count"].to_numpy(np.float64)
-        row = {"layer": layer, "gate": gate}
-        for column in ("mean", "frac_low", "frac_high"):
-            row[column] = float(np.average(block[column], weights=weights)) if weights.sum() else float("nan")
-        rows.append(row)
+        rows.append(
+            {"layer": layer, "gate": gate, **{c: weighted_mean(block, c) for c in ("mean", "frac_low", "frac_high")}}
+        )
     return rows
 
 
-def _memory(run: Run) -> list[dict]:
-    summary = impulse_summary(run.impulse) if not run.impulse.empty else pd.DataFrame(columns=["target", "half_life"])
-    measured = summary.groupby("target")["half_life"].mean()
-    flow = gradient_summary(run.gradient_flow) if not run.gradient_flow.empty else pd.DataFrame(columns=["layer"])
-    gradient = flow.groupby("layer")["half_life"].mean() if len(flow) else pd.Series(dtype=np.float64)
+def _memory(view: RunView) -> list[dict]:
+    """Per layer: the keep gate's median half-life, and the impulse's and the gradient's as the run
+    page gathered them (mean over perturbations and directions)."""
+    run = view.run
+    impulse = pd.DataFrame(view.impulse, columns=["target", "half_life"])
+    measured = impulse.groupby("target")["half_life"].mean()
+    gradient = pd.DataFrame(list(view.gradients), columns=["layer", "half_life"]).groupby("layer")["half_life"].mean()
     rows = []
     for layer in run.layers:
         keep = KEEP_GATE.get(layer.kind)
@@ -142,13 +140,16 @@ def _impulse_target(run: Run) -> str | None:
     return (outputs or states[-1:] or [None])[0]
 
 
-def _impulse(run: Run, target: str | None) -> tuple[pd.DataFrame, dict]:
-    """The chosen target's normalised response by lag (mean over perturbations) and its summary."""
+def _impulse(view: RunView, target: str | None) -> tuple[pd.DataFrame, dict]:
+    """The chosen target's normalised response by lag (mean over perturbations) and its summary
+    from the run page's impulse table."""
     if target is None:
         return pd.DataFrame(), {}
+    run = view.run
     rows = run.impulse[(run.impulse["target"] == target) & (run.impulse["direction"] == "forward")]
     curve = rows.groupby("lag", as_index=False)["normalised"].mean().assign(target=target)
-    summary = impulse_summary(rows)
+    summary = pd.DataFrame(view.impulse)
+    summary = summary[(summary["target"] == target) & (summary["direction"] == "forward")]
     return curve, {
         "target": target,
         **{column: float(summary[column].mean()) for column in ("half_life", "contribution", "oscillation")},
@@ -229,16 +230,17 @@ def _frame(rows: list[dict], columns: list[str], points: list[dict]) -> pd.DataF
 
 
 def series_view(
-    config: SeriesConfig, runs: list[Run], slugs: list[str], name: str, curves: pd.DataFrame | None = None
+    config: SeriesConfig, views: list[RunView], name: str, curves: pd.DataFrame | None = None
 ) -> SeriesView:
-    """The series `config` over its runs (in the series' order, each with its run page's slug)."""
+    """The series `config` over its runs as the site gathered them (`gather.RunView`, in the series' order)."""
+    runs = [view.run for view in views]
     points = [
-        {"k": k, "value": value, "label": f"{config.key}={format_value(value)}", "version": version, "slug": page}
-        for k, (value, version, page) in enumerate(zip(config.values, config.versions, slugs))
+        {"k": k, "value": value, "label": f"{config.key}={format_value(value)}", "version": version, "slug": view.slug}
+        for k, (value, version, view) in enumerate(zip(config.values, config.versions, views))
     ]
     gates, memory, strips, impulse, sweep, updates, anomaly = [], [], [], [], [], [], []
     target = _impulse_target(runs[0])
-    for k, run in enumerate(runs):
+    for k, (run, view) in enumerate(zip(runs, views)):
         previous = runs[k - 1] if k else None
         for row in _gates(run):
             w1 = float("nan")
@@ -249,14 +251,14 @@ def series_view(
                 b = run.gate_stats[(run.gate_stats.layer == row["layer"]) & (run.gate_stats.gate == row["gate"])]
                 w1 = gate_distance(a, b)[0] if len(a) and len(b) else float("nan")
             gates.append({"k": k, **row, "w1_prev": w1})
-        memory += [{"k": k, **row} for row in _memory(run)]
+        memory += [{"k": k, **row} for row in _memory(view)]
         strips += [{"k": k, **row} for row in _strips(run)]
-        curve, summary = _impulse(run, target)
+        curve, summary = _impulse(view, target)
         impulse += [{"k": k, **row} for row in curve.to_dict("records")]
         sweep += [{"k": k, **summary}] if summary else []
         updates += [{"k": k, **row} for row in _updates(previous, run)] if previous is not None else []
-        scores = run.window_scores["anomaly_score"].to_numpy()
-        anomaly.append({"k": k, "flagged": float(flagged(scores).mean()) if scores.size else float("nan")})
+        scored = len(run.window_scores)
+        anomaly.append({"k": k, "flagged": view.flagged / scored if scored else float("nan")})
     window = _fixed_window(runs)
     notes = []
     if len(runs) > 1 and not updates:
@@ -283,15 +285,13 @@ def series_view(
     )
 
 
-def gather_series(series: list[tuple[SeriesConfig, pd.DataFrame | None]], views: list) -> list[SeriesView]:
-    """Every series of the site over the gathered run views (`gather.RunView`), each with its
-    training log; a series whose runs are not all in the site is an error of the build's making."""
+def gather_series(series: list[tuple[SeriesConfig, pd.DataFrame | None]], views: list[RunView]) -> list[SeriesView]:
+    """Every series of the site over the gathered run views, each with its training log; a series
+    whose runs are not all in the site is an error of the build's making."""
     by_version = {(view.meta["model"], view.meta["version"]): view for view in views}
     names = unique([(slug(config.name), config.name) for config, _ in series])
     gathered = []
     for (config, curves), name in zip(series, names):
         chosen = [by_version[(config.model, version)] for version in config.versions]
-        gathered.append(
-            series_view(config, [view.run for view in chosen], [view.slug for view in chosen], name, curves)
-        )
+        gathered.append(series_view(config, chosen, name, curves))
     return gathered
