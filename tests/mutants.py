@@ -167,8 +167,8 @@ MUTATIONS = (
         "nan-binned-low",
         "statistics are exact (the fused pass)",
         "reporter/replay/fused_pass.py",
-        "k[u] = cells - 1 if v != v else",
-        "k[u] = 0 if v != v else",
+        "k[u] = over if v != v else",
+        "k[u] = np.uintp(0) if v != v else",
         ("tests/test_fused_pass.py", "-x"),
     ),
     Mutation(

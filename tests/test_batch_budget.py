@@ -48,9 +48,9 @@ def test_a_tighter_budget_gives_smaller_batches_and_the_same_statistics(tmp_path
     window_bytes = sum(value.nbytes for value in one.values())
     from reporter.replay.batch_budget import current_rss
 
+    roomy = replayer.replay(source, memory=64 << 30, progress=False)  # first: what replay loads (numba) is in
     tight = current_rss() + int(20 * window_bytes * OVERHEAD * 2)  # about 20 windows a worker
     small = replayer.replay(source, memory=tight, progress=False)
-    roomy = replayer.replay(source, memory=64 << 30, progress=False)
     assert roomy.batch_size == CAP and 10 <= small.batch_size <= 20
     a, b = small.stats.to_frames().gate_stats, roomy.stats.to_frames().gate_stats
     for column in ("count", "min", "max", "frac_low", "frac_high", "hist_under", "hist_over"):
@@ -68,3 +68,27 @@ def test_a_bad_memory_size_is_exit_2_and_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and "--memory 'lots'" in err[-1] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "run").exists()
+
+
+def test_after_replay_one_session_is_kept_and_gives_the_same_outputs(tmp_path):
+    """make_run closes all sessions but one after the replay (each holds an arena as large as its
+    biggest batch); what runs after it must see the same model."""
+    checkpoint, _ = save_tiny(tmp_path)
+    windows = tmp_path / "w.npy"
+    np.save(windows, np.random.default_rng(4).standard_normal((40, 12, 3)).astype(np.float32))
+    source = open_windows_source(windows)
+    model = exposed_model(ModelRecipe(checkpoint, "tests.tiny_models:tiny_forecaster"), source)
+    replayer = Replayer(model.exposed, model.layers, "cpu", 2)
+    before = replayer.replay(source, batch_size=8, progress=False)
+    first = replayer.run_batch(source.take(np.arange(5)))
+    replayer.keep_one_session()
+    assert replayer.workers == 1 and len(replayer._sessions) == 1
+    again = replayer.run_batch(source.take(np.arange(5)))
+    assert first.keys() == again.keys()
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name], err_msg=name)
+    after = replayer.replay(source, batch_size=8, progress=False)
+    assert after.workers == 1
+    a, b = before.stats.to_frames().gate_stats, after.stats.to_frames().gate_stats
+    np.testing.assert_array_equal(a["hist_over"], b["hist_over"])
+    np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-9)

@@ -32,7 +32,7 @@ from reporter.replay.gate_moments import StatsConfig
 from reporter.replay.gradient_flow import gradient_flow
 from reporter.replay.impulse import IMPULSE_COLUMNS, impulse_outputs, impulse_response
 from reporter.replay.runner import Replayer, ReplayResult
-from reporter.replay.sessions import choose_provider
+from reporter.replay.sessions import choose_provider, release_memory
 from reporter.replay.windows import WindowSource
 from reporter.runstore import SCHEMA_VERSION, Run
 
@@ -277,6 +277,8 @@ def make_run(
         say(why)
         replayer = Replayer(model.exposed, model.layers, provider, settings.workers, settings.stats, feeds, vocab)
         result = replayer.replay(source, settings.batch_size, memory=settings.memory)
+    replayer.keep_one_session()  # the sampled windows and impulses run on one session; the others' arenas go
+    release_memory()  # and so do the batches' buffers, which glibc kept for batches that no longer come
     say(
         f"replayed {source.n_windows} windows in {result.seconds:.1f} s ({result.windows_per_second:.0f} windows/s, "
         f"{result.workers} worker{'s' if result.workers > 1 else ''}, batches of {result.batch_size})"

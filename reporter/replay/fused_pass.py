@@ -64,36 +64,44 @@ def _root(variance):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _row_sum(row):  # pragma: no cover - compiled
-    """Σ of a row of float32 as float64, in SIMD lanes (reassociated: rounding, not exactness)."""
-    total = 0.0
-    for v in row:
-        total += np.float64(v)
-    return total
+def _row_sums(row, shift):  # pragma: no cover - compiled
+    """Σv, Σ(v − shift) and Σ(v − shift)² of a row of float32, as float64 in SIMD lanes
+    (reassociated: rounding, not exactness). An index loop: numba's array iterator would not
+    vectorise (7× slower)."""
+    total = shifted = square = 0.0
+    for u in range(row.shape[0]):
+        v = np.float64(row[u])
+        total += v
+        shifted += v - shift
+        square += (v - shift) * (v - shift)
+    return total, shifted, square
 
 
 @numba.njit(cache=True, nogil=True)
 def _kernel(x, scale, narrow, base, top, hi, low, high, want_features, want_peaks, out):  # pragma: no cover
     """Row by row (one window, one step: `units` values in L1), each statistic is its own short
-    loop without branches, so the compiler vectorises all but the histogram increments."""
+    loop without branches, so the compiler vectorises all but the histogram increments. Those
+    index with unsigned integers (numba adds a negative-index check to signed ones) into counters
+    of the width the caller chose (int32 unless a batch holds 2³¹ values)."""
     (s1, s2, smallest, largest, n_low, n_high, hist_u, step_total, hist_t, feats, up, up_t, down, down_t) = out
     batch, steps, units = x.shape
     cells = hist_u.shape[1]
     shift = np.empty(units)
     for u in range(units):
         shift[u] = _shift_of(x, u)
-    lanes = np.zeros((steps, 4, cells), np.int64)  # 4 step histograms: no store-to-load stall on one bin
-    k = np.empty(units, np.int64)
+    lanes = np.zeros((steps, 4, cells), hist_u.dtype)  # 4 step histograms: no store-to-load stall on one bin
+    k = np.empty(units, np.uintp)
+    over, edge = np.uintp(cells - 1), np.uintp(cells - 2)
     prev = np.zeros(units, np.float32)
-    a1, a2, jumps, peak = np.empty(units), np.empty(units), np.empty(units), np.empty(units)
+    jumps, peak = np.empty(units), np.empty(units)
     cross = np.empty(units, np.int64)
     scale32 = np.float32(scale)
     for b in range(batch):
         first = x[b, 0, 0]
         w_shift = np.float64(first) if np.isfinite(first) else 0.0
         low_before, high_before = n_low.sum(), n_high.sum()
-        a1[:], a2[:], jumps[:], peak[:], cross[:] = 0.0, 0.0, 0.0, 0.0, 0
-        m_shift = m1 = m2 = 0.0
+        jumps[:], peak[:], cross[:] = 0.0, 0.0, 0
+        m_shift = m1 = m2 = w1 = w2 = 0.0
         if want_peaks:
             up[b, :], down[b, :], up_t[b, :], down_t[b, :] = -np.inf, np.inf, 0, 0
         for t in range(steps):
@@ -102,45 +110,45 @@ def _kernel(x, scale, narrow, base, top, hi, low, high, want_features, want_peak
                 v = row[u]
                 y = np.float64(np.floor(v * scale32)) if narrow else np.floor(np.float64(v) * scale)
                 y = min(max(y, base), top)
-                k[u] = cells - 1 if v != v else (cells - 2 if v == hi else np.int64(y - base))
+                k[u] = over if v != v else (edge if v == hi else np.uintp(y - base))
+            row_lanes = lanes[t]
             for u in range(units):
-                hist_u[u, k[u]] += 1
-                lanes[t, u & 3, k[u]] += 1
+                hist_u[np.uintp(u), k[u]] += 1
+                row_lanes[np.uintp(u) & np.uintp(3), k[u]] += 1
             for u in range(units):
-                v = row[u]
-                d = np.float64(v) - shift[u]
+                d = np.float64(row[u]) - shift[u]
                 s1[u] += d
                 s2[u] += d * d
+            for u in range(units):
+                v = row[u]
                 m = smallest[u]
                 smallest[u] = v if (m == m and not v >= m) else m
                 m = largest[u]
                 largest[u] = v if (m == m and not v <= m) else m
+            for u in range(units):
+                v = row[u]
                 n_low[u] += v < low
                 n_high[u] += v > high
-            total = _row_sum(row)
+            total, shifted, square = _row_sums(row, w_shift)
             step_total[t] += total
-            if want_peaks:
+            if want_peaks:  # selects, not branches: vectorised; the first step wins a tie, as argmax
                 for u in range(units):
                     v = row[u]
-                    if v > up[b, u]:
-                        up[b, u], up_t[b, u] = v, t
-                    if v < down[b, u]:
-                        down[b, u], down_t[b, u] = v, t
+                    rise = v > up[b, u]
+                    up[b, u], up_t[b, u] = (v, t) if rise else (up[b, u], up_t[b, u])
+                    fall = v < down[b, u]
+                    down[b, u], down_t[b, u] = (v, t) if fall else (down[b, u], down_t[b, u])
             if want_features:
-                for u in range(units):
+                w1 += shifted
+                w2 += square
+                for u in range(units):  # a loop, not `prev[:] = row`: numba's slice copy costs 0.4 ns a value
                     v = row[u]
-                    wd = np.float64(v) - w_shift
-                    a1[u] += wd
-                    a2[u] += wd * wd
-                if t > 0:
-                    for u in range(units):
-                        v = row[u]
-                        jump = abs(np.float32(v - prev[u]))
-                        jumps[u] += jump
-                        p = peak[u]
-                        peak[u] = jump if (p == p and not jump <= p) else p
-                        cross[u] += (v > 0) != (prev[u] > 0)
-                prev[:] = row
+                    jump = abs(np.float32(v - prev[u]))
+                    jumps[u] += jump if t > 0 else 0.0
+                    p = peak[u]
+                    peak[u] = jump if (t > 0 and p == p and not jump <= p) else p
+                    cross[u] += (t > 0) and ((v > 0) != (prev[u] > 0))
+                    prev[u] = v
                 level = total / units
                 if t == 0:
                     m_shift = level if np.isfinite(level) else 0.0
@@ -149,7 +157,6 @@ def _kernel(x, scale, narrow, base, top, hi, low, high, want_features, want_peak
         if want_features:
             n = steps * units
             pairs = max(1, (steps - 1) * units)
-            w1, w2 = a1.sum(), a2.sum()
             feats[b, 0] = w_shift + w1 / n
             feats[b, 1] = _root(w2 / n - (w1 / n) ** 2)
             feats[b, 2] = (n_low.sum() - low_before) / n
@@ -180,7 +187,7 @@ def gate_pass(
         np.full(units, -np.inf, np.float32),
         np.zeros(units, np.int64),
         np.zeros(units, np.int64),
-        np.zeros((units, cells), np.int64),
+        np.zeros((units, cells), np.int32 if x.size < 2**31 else np.int64),  # no count passes x.size
         np.zeros(steps),
         np.zeros((steps, cells), np.int64),
         np.empty((batch if features else 0, len(FEATURES))),
@@ -201,7 +208,7 @@ def gate_pass(
             "max": largest.astype(np.float64),
             "n_low": n_low,
             "n_high": n_high,
-            "hist": hist_u,
+            "hist": hist_u.astype(np.int64),
         }
     moments["m2"] = np.where(moments["m2"] < 0, 0.0, moments["m2"])  # rounding below an exact 0 (a constant unit)
     per_step = {"count": np.full(steps, batch * units, np.int64), "total": step_total, "hist": hist_t}

@@ -180,6 +180,12 @@ class Replayer:
         self.names = [output.name for output in self._sessions[0].get_outputs()]
         self._gate_outputs = {name for layer in layers for name in layer.outputs.values()}
 
+    def keep_one_session(self) -> None:
+        """Close every session but the first, for the few windows run after `replay`: each holds
+        an onnxruntime arena as large as its biggest batch needed, which would otherwise stay."""
+        del self._sessions[1:]
+        self.workers = 1
+
     def run_batch(self, windows: np.ndarray, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Every graph output (model outputs and gates) for a few windows (`indices`: their file
         indices, which inputs stored per window need)."""
@@ -223,6 +229,9 @@ class Replayer:
             return CAP
         outputs = self._run(self._sessions[0], source.take(first), first)
         window_bytes = sum(value.nbytes for value in outputs.values())
+        # The statistics kernel compiles on first use (~100 MB while LLVM works, when numba's cache
+        # is cold): compile it now, on this one window, so the memory it takes is counted as used.
+        RunStats(self.layers, self.stats_config).parts(self.gates(outputs), extras=True)
         return choose_batch(window_bytes, self.workers, budget or default_budget(), current_rss())
 
     def replay(

@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from reporter.errors import ReporterError
 
-__all__ = ["choose_provider", "open_session", "run_bound", "tune_allocator"]
+__all__ = ["choose_provider", "open_session", "release_memory", "run_bound", "tune_allocator"]
 
 
 def tune_allocator() -> bool:
@@ -40,6 +40,23 @@ def tune_allocator() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 128 << 20))
+
+
+def release_memory() -> bool:
+    """Hand the heap's free pages back to the system once replay's batches are done.
+
+    With the thresholds `tune_allocator` sets, glibc keeps the last batches' buffers, up to the
+    budget's size, for batches that no longer come; what runs next (the float64 module copy
+    autograd differentiates, the impulse batches) would then add its own memory on top of them and
+    push the run's peak past `--memory`. `malloc_trim(0)` returns every free page, not just the
+    heap's top. A no-op where the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def choose_provider(requested: str) -> tuple[str, str]:
