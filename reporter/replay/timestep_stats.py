@@ -125,6 +125,8 @@ def _empty(steps: int, cells: int) -> dict[str, np.ndarray]:
 
 def _padded(values: np.ndarray, steps: int) -> np.ndarray:
     """Zero-pad per-timestep arrays to `steps` rows (windows may be longer in a later file)."""
+    if len(values) == steps:
+        return values  # the usual case, and np.pad costs more than the sum it precedes
     return np.pad(values, [(0, steps - len(values))] + [(0, 0)] * (values.ndim - 1))
 
 
