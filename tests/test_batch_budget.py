@@ -37,13 +37,18 @@ def test_the_batch_is_what_fits_the_budget_beside_what_is_used_capped_and_at_lea
     assert choose_batch(window, 2, 1 << 30, 2 << 30) == 1  # over budget already: one window at a time
 
 
-def test_a_tighter_budget_gives_smaller_batches_and_the_same_statistics(tmp_path):
+def _tiny_replayer(tmp_path, shape: tuple[int, int, int], seed: int):
+    """Two sessions of the tiny forecaster's exposed model, and its random windows."""
     checkpoint, _ = save_tiny(tmp_path)
     windows = tmp_path / "w.npy"
-    np.save(windows, np.random.default_rng(3).standard_normal((300, 40, 3)).astype(np.float32))
+    np.save(windows, np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
     source = open_windows_source(windows)
     model = exposed_model(ModelRecipe(checkpoint, "tests.tiny_models:tiny_forecaster"), source)
-    replayer = Replayer(model.exposed, model.layers, "cpu", 2)
+    return Replayer(model.exposed, model.layers, "cpu", 2), source
+
+
+def test_a_tighter_budget_gives_smaller_batches_and_the_same_statistics(tmp_path):
+    replayer, source = _tiny_replayer(tmp_path, (300, 40, 3), seed=3)
     one = replayer.run_batch(source.take(np.array([0])))
     window_bytes = sum(value.nbytes for value in one.values())
     from reporter.replay.batch_budget import current_rss
@@ -73,12 +78,7 @@ def test_a_bad_memory_size_is_exit_2_and_one_line(tmp_path, capsys):
 def test_after_replay_one_session_is_kept_and_gives_the_same_outputs(tmp_path):
     """make_run closes all sessions but one after the replay (each holds an arena as large as its
     biggest batch); what runs after it must see the same model."""
-    checkpoint, _ = save_tiny(tmp_path)
-    windows = tmp_path / "w.npy"
-    np.save(windows, np.random.default_rng(4).standard_normal((40, 12, 3)).astype(np.float32))
-    source = open_windows_source(windows)
-    model = exposed_model(ModelRecipe(checkpoint, "tests.tiny_models:tiny_forecaster"), source)
-    replayer = Replayer(model.exposed, model.layers, "cpu", 2)
+    replayer, source = _tiny_replayer(tmp_path, (40, 12, 3), seed=4)
     before = replayer.replay(source, batch_size=8, progress=False)
     first = replayer.run_batch(source.take(np.arange(5)))
     replayer.keep_one_session()
