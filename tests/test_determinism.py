@@ -20,7 +20,7 @@ from reporter.replay.runner import Replayer
 from tests.tiny_models import save_tiny
 
 FACTORY = "tests.tiny_models:tiny_forecaster"
-DELAY = 0.03  # seconds per batch for the slow session: far above a 16-window batch's run time
+DELAY = 0.1  # seconds per batch for the slow session: far above a 16-window batch's run time, even on a busy machine
 
 
 def _files(folder) -> dict[str, bytes]:
