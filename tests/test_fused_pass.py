@@ -96,7 +96,11 @@ def test_fused_peaks_are_numpys_argmax_and_argmin_per_window_and_unit():
     rng = np.random.default_rng(5)
     trace = np.round(rng.uniform(-1, 1, (7, 9, 2, 3)), 1).astype(np.float32)  # ties on a coarse grid
     trace[rng.random(trace.shape) < 0.1] = np.nan
+    trace[rng.random(trace.shape) < 0.05] = np.inf
+    trace[rng.random(trace.shape) < 0.05] = -np.inf
     trace[2, :, 1, 2] = np.nan
+    trace[3, :, 0, 1] = -np.inf  # no highest step but the first, and the lowest is −inf
+    trace[4, :, 1, 0] = np.inf
     up, up_t, down, down_t = gate_pass(trace, Bins(-1.0, 1.0, 64), -0.9, 0.9, peaks=True).peaks
     x = trace.reshape(7, 9, 6)
     scored = np.where(np.isnan(x), -np.inf, x)
@@ -129,3 +133,23 @@ def test_replay_statistics_are_the_same_through_the_fused_pass_and_the_reference
     assert [list(h) for h in a["histogram"]] == [list(h) for h in b["histogram"]]
     np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-12)
     np.testing.assert_allclose(a["std"], b["std"], rtol=1e-9)
+
+
+def test_wide_counters_give_the_same_statistics(monkeypatch):
+    """Counters are int32 within a batch of fewer than 2³¹ values and int64 beyond: forced wide
+    here, every output is the same."""
+    from reporter.replay import fused_pass
+
+    trace = _hostile(np.random.default_rng(8), (6, 5, 1, 9), "sigmoid")
+    bins, (low, high) = Bins(0.0, 1.0, 64), SATURATION["sigmoid"]
+    narrow = gate_pass(trace, bins, low, high, features=True, peaks=True)
+    monkeypatch.setattr(fused_pass, "INT32_COUNTS", 0)
+    wide = gate_pass(trace, bins, low, high, features=True, peaks=True)
+    for key in narrow.moments:
+        np.testing.assert_array_equal(narrow.moments[key], wide.moments[key], err_msg=key)
+        assert narrow.moments[key].dtype == wide.moments[key].dtype
+    for key in narrow.steps:
+        np.testing.assert_array_equal(narrow.steps[key], wide.steps[key], err_msg=key)
+    np.testing.assert_array_equal(narrow.features, wide.features)
+    for a, b in zip(narrow.peaks, wide.peaks, strict=True):
+        np.testing.assert_array_equal(a, b)

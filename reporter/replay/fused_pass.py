@@ -29,8 +29,9 @@ import numpy as np
 
 from reporter.replay.timestep_stats import Bins, unit_trace
 
-__all__ = ["FEATURES", "GatePass", "float32_threshold", "gate_pass"]
+__all__ = ["FEATURES", "INT32_COUNTS", "GatePass", "float32_threshold", "gate_pass"]
 
+INT32_COUNTS = 2**31  # values in a batch below which its histogram counters are int32 (half the cache)
 FEATURES = ("mean", "std", "frac_low", "frac_high", "step_change", "peak_change", "drift", "zero_crossings")
 
 
@@ -187,7 +188,7 @@ def gate_pass(
         np.full(units, -np.inf, np.float32),
         np.zeros(units, np.int64),
         np.zeros(units, np.int64),
-        np.zeros((units, cells), np.int32 if x.size < 2**31 else np.int64),  # no count passes x.size
+        np.zeros((units, cells), np.int32 if x.size < INT32_COUNTS else np.int64),  # no count passes x.size
         np.zeros(steps),
         np.zeros((steps, cells), np.int64),
         np.empty((batch if features else 0, len(FEATURES))),
