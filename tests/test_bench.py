@@ -78,6 +78,16 @@ def test_replay_bench_windows_tile_the_stored_ones_and_the_table_reports_the_mem
     table = format_replay(rows)
     assert rows[0].cost == pytest.approx(8.0) and "8.00×" in table
     assert "cpu: peak memory 50000 ÷ 5000 windows: 1.10×" in table and "cuda" not in table.split("\n")[-2]
+    assert rows[0].warm_cost is None and table.split("\n")[1].count("—") == 3  # no warm run: no warm ratio
+
+
+def test_replay_bench_table_reads_the_warm_replay_against_the_fused_baseline():
+    from reporter.bench.replay_cost import ReplayBench, format_replay
+
+    row = ReplayBench(4000, "cpu", 2, 1000.0, 3000.0, 5.0, 1600.0, "lstm128", warm_wps=2000.0)
+    line = format_replay([row]).split("\n")[1].split()
+    assert row.cost == pytest.approx(3.0) and row.warm_cost == pytest.approx(1.5)
+    assert line[5:10] == ["1000", "2000", "3000", "3.00×", "1.50×"]
 
 
 def test_replay_bench_table_compares_each_provider_with_the_first_at_the_same_size():
