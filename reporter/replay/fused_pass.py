@@ -31,7 +31,7 @@ from reporter.replay.timestep_stats import Bins, unit_trace
 
 __all__ = ["FEATURES", "INT32_COUNTS", "GatePass", "float32_threshold", "gate_pass"]
 
-INT32_COUNTS = 2**31  # values in a batch below which its histogram counters are int32 (half the cache)
+INT32_COUNTS = 2**31  # values in a batch below which its counters are int32 (half the cache, narrower adds)
 FEATURES = ("mean", "std", "frac_low", "frac_high", "step_change", "peak_change", "drift", "zero_crossings")
 
 
@@ -82,8 +82,9 @@ def _row_sums(row, shift):  # pragma: no cover - compiled
 def _kernel(x, scale, narrow, base, top, hi, low, high, want_features, want_peaks, out):  # pragma: no cover
     """Row by row (one window, one step: `units` values in L1), each statistic is its own short
     loop without branches, so the compiler vectorises all but the histogram increments. Those
-    index with unsigned integers (numba adds a negative-index check to signed ones) into counters
-    of the width the caller chose (int32 unless a batch holds 2³¹ values)."""
+    index with unsigned integers (numba adds a negative-index check to signed ones). Counters
+    (histograms, values past the thresholds) have the width the caller chose: int32 unless a batch
+    holds 2³¹ values."""
     (s1, s2, smallest, largest, n_low, n_high, hist_u, step_total, hist_t, feats, up, up_t, down, down_t) = out
     batch, steps, units = x.shape
     cells = hist_u.shape[1]
@@ -181,14 +182,14 @@ def gate_pass(
     batch, steps, units = x.shape
     cells = bins.count + 2
     scale = bins.count / (bins.hi - bins.lo)  # a power of two: products and floors are exact
+    counter = np.int32 if x.size < INT32_COUNTS else np.int64  # no count within a batch passes x.size
     out = (
         np.zeros(units),
         np.zeros(units),
         np.full(units, np.inf, np.float32),
         np.full(units, -np.inf, np.float32),
-        np.zeros(units, np.int64),
-        np.zeros(units, np.int64),
-        np.zeros((units, cells), np.int32 if x.size < INT32_COUNTS else np.int64),  # no count passes x.size
+        *(np.zeros(units, counter) for _ in range(2)),  # values below / above the thresholds
+        np.zeros((units, cells), counter),
         np.zeros(steps),
         np.zeros((steps, cells), np.int64),
         np.empty((batch if features else 0, len(FEATURES))),
@@ -207,8 +208,8 @@ def gate_pass(
             "m2": s2 - s1 * s1 / max(count, 1),
             "min": smallest.astype(np.float64),
             "max": largest.astype(np.float64),
-            "n_low": n_low,
-            "n_high": n_high,
+            "n_low": n_low.astype(np.int64),
+            "n_high": n_high.astype(np.int64),
             "hist": hist_u.astype(np.int64),
         }
     moments["m2"] = np.where(moments["m2"] < 0, 0.0, moments["m2"])  # rounding below an exact 0 (a constant unit)
