@@ -1,22 +1,22 @@
 """`gate-report bench --replay`: replay throughput and peak memory, by model and number of windows.
 
-Each case runs in a fresh subprocess (so peak resident memory, `ru_maxrss`, is that case's alone)
-and does everything `gate-report replay` does (statistics, anomaly scores, sampled traces,
-impulse responses, the run directory written). The models: the sample forecaster (2 × 32 LSTM
-units, 64 steps) over N windows made by tiling its stored windows with a little noise, at two
-sizes for memory flatness; a mid-size 2-layer LSTM (input 16, 128 units, 100 steps; seeded
-random weights, `bench_models`) over 4,000 windows; and a 1,024-unit one over 600 windows with
-a 2 GB memory budget, where the batch size the budget chose is what is measured. In the same
-subprocess, after that whole run, the replay alone runs again over the same windows, alternating
-three times with the baseline: the fused model alone over the same windows on the same threads and
-batches (medians reported). The first replay is what a user's run meets; its first batches pay for
-touching fresh memory (page faults, onnxruntime's arenas growing), which the fused baseline, run
-after it, does not, so fused ÷ warm replay is the like-for-like ratio. Reported: windows/s of each,
-both ratios, the batch size, and peak memory
-(goal ≤ 1.3 for the forecaster's largest ÷ smallest: memory must not grow with the number of
-windows; only the per-window rows of window_scores do, ~0.5 KB each).
-With several providers (`--provider cpu,cuda`) every case runs once per provider, so a GPU's
-speed-up is read against the CPU in the same benchmark on the same machine.
+Each case runs in a fresh subprocess (so peak resident memory, `ru_maxrss`, read as soon as the
+whole run is done, is that run's alone) and does everything `gate-report replay` does (statistics,
+anomaly scores, sampled traces, impulse responses, the run directory written). The models: the
+sample forecaster (2 × 32 LSTM units, 64 steps) over N windows made by tiling its stored windows
+with a little noise, at two sizes for memory flatness; a mid-size 2-layer LSTM (input 16, 128
+units, 100 steps; seeded random weights, `bench_models`) over 4,000 windows; and a 1,024-unit one
+over 600 windows with a 2 GB memory budget, where the batch size the budget chose is what is
+measured. In the same subprocess, after that whole run, the replay alone runs again over the same
+windows, alternating three times with the baseline: the fused model alone over the same windows on
+the same threads and batches (medians reported). The first replay is what a user's run meets; its
+first batches pay for touching fresh memory (page faults, onnxruntime's arenas growing), which the
+fused baseline, run after it, does not, so fused ÷ warm replay is the like-for-like ratio.
+Reported: windows/s of each, both ratios, the batch size, and peak memory (goal ≤ 1.3 for the
+forecaster's largest ÷ smallest: memory must not grow with the number of windows; only the
+per-window rows of window_scores do, ~0.5 KB each). With several providers (`--provider
+cpu,cuda`) every case runs once per provider, so a GPU's speed-up is read against the CPU in the
+same benchmark on the same machine.
 """
 
 from __future__ import annotations
@@ -154,6 +154,7 @@ def child(
         run = make_run(exposed, source, settings)
         run.save(Path(folder) / "run")
         total = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the run's: before the warm rounds
         batch, workers = run.meta["batch_size"], run.meta["workers"]
         again = Replayer(exposed.exposed, exposed.layers, provider, workers, settings.stats)
         fused_sessions = [open_session(exposed.fused.SerializeToString(), provider) for _ in range(workers)]
@@ -169,7 +170,7 @@ def child(
         "replay_wps": run.timings["windows_per_second"],
         "fused_wps": float(np.median(fused)),
         "total_s": total,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak,
         "model": model,
         "batch": batch,
         "memory_mb": memory / (1 << 20) if memory else None,
