@@ -32,11 +32,8 @@ def tune_allocator() -> bool:
     3,584 forecaster windows on one core) while peak memory stays flat (`gate-report bench
     --replay`). A no-op where the C library is not glibc.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _glibc()
+    if libc is None:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 128 << 20))
@@ -51,12 +48,19 @@ def release_memory() -> bool:
     push the run's peak past `--memory`. `malloc_trim(0)` returns every free page, not just the
     heap's top. A no-op where the C library is not glibc.
     """
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """glibc with its malloc tuning calls, or None where the C library is another (macOS, musl)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 def choose_provider(requested: str) -> tuple[str, str]:
