@@ -162,11 +162,10 @@ def child(
         for _ in range(WARM_ROUNDS):  # interleaved: a drift in the machine's speed meets both alike
             warm.append(again.replay(source, batch, progress=False).windows_per_second)
             fused.append(_fused_throughput(fused_sessions, source, batch, provider))
-        del again, fused_sessions
     return {
         "windows": count,
         "provider": provider,
-        "workers": run.meta["workers"],
+        "workers": workers,
         "replay_wps": run.timings["windows_per_second"],
         "fused_wps": float(np.median(fused)),
         "total_s": total,

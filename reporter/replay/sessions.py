@@ -100,14 +100,14 @@ def open_session(model: bytes, provider: str, threads: int = 1) -> ort.Inference
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # warnings about unused initializers etc. are not the user's business
     providers: list = ["CPUExecutionProvider"]
-    if provider != "cuda":
+    if provider == "cuda":  # no TF32: its 10-bit matmuls would move gate values in the 4th digit from the CPU's
+        _preload_cuda_libraries()
+        providers = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    else:
         # The memory pattern (one block planned from the first run at a shape, allocated on the
         # second) made each CPU session's second batch of the 2 × 128-unit model take 1.06–1.11 s
         # instead of 0.18 (both sessions touching fresh pages at once), and brought nothing after.
         options.enable_mem_pattern = False
-    if provider == "cuda":  # no TF32: its 10-bit matmuls would move gate values in the 4th digit from the CPU's
-        _preload_cuda_libraries()
-        providers = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
     session = ort.InferenceSession(model, options, providers=providers)
     if provider == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         raise ReporterError(
