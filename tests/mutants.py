@@ -172,6 +172,14 @@ MUTATIONS = (
         ("tests/test_fused_pass.py", "-x"),
     ),
     Mutation(
+        "time-major-axes",
+        "statistics are exact (time-major gates)",
+        "reporter/replay/time_major.py",
+        "return value.transpose(_TO_BATCH_MAJOR)",
+        "return value.transpose([2, 1, 0, 3])",
+        ("tests/test_time_major.py", "-x"),
+    ),
+    Mutation(
         "peaks-merge-lowest",
         "statistics merge exactly (unit peaks)",
         "reporter/replay/unit_tracks.py",

@@ -153,3 +153,37 @@ def test_wide_counters_give_the_same_statistics(monkeypatch):
     np.testing.assert_array_equal(narrow.features, wide.features)
     for a, b in zip(narrow.peaks, wide.peaks, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_time_major_view_is_read_in_place_with_the_statistics_of_its_copy():
+    """Replay hands on one-direction gates as `[batch, time, 1, hidden]` views of `[time, 1, batch,
+    hidden]` (`replay.time_major`): the kernel reads those rows where they are, and every statistic
+    is the contiguous copy's, bit for bit."""
+    from reporter.replay.fused_pass import _time_major_rows
+    from reporter.replay.time_major import batch_major
+
+    stored = _hostile(np.random.default_rng(3), (13, 1, 9, 7), "tanh")  # [T, 1, B, H], as the Scan writes it
+    view = batch_major(stored)
+    assert view.shape == (9, 13, 1, 7) and np.shares_memory(_time_major_rows(view), stored)
+    bins, (low, high) = Bins(-1.0, 1.0, 64), SATURATION["tanh"]
+    a = gate_pass(view, bins, low, high, features=True, peaks=True)
+    b = gate_pass(np.ascontiguousarray(view), bins, low, high, features=True, peaks=True)
+    for key in a.moments:
+        np.testing.assert_array_equal(a.moments[key], b.moments[key], err_msg=key)
+    for key in a.steps:
+        np.testing.assert_array_equal(a.steps[key], b.steps[key], err_msg=key)
+    np.testing.assert_array_equal(a.features, b.features)
+    for x, y in zip(a.peaks, b.peaks, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_step_of_more_windows_than_uint16_counts_is_counted_in_full():
+    """The kernel counts a step's values per [unit, bin] before adding them to both histograms,
+    in uint16 while a batch has at most 65,535 windows and in the counters' width beyond."""
+    trace = np.full((70_000, 2, 1, 1), 0.5, np.float32)
+    trace[::1000] = 0.25
+    moments, steps = stats_reference.gate_update(trace, Bins(0.0, 1.0, 64), 0.1, 0.9)
+    fused = gate_pass(trace, Bins(0.0, 1.0, 64), 0.1, 0.9)
+    np.testing.assert_array_equal(fused.moments["hist"], moments["hist"])
+    np.testing.assert_array_equal(fused.steps["hist"], steps["hist"])
+    assert fused.steps["hist"][0].max() == 69_930  # past uint16

@@ -73,3 +73,24 @@ def tiny_with_state(features: int = 3, hidden: int = 4) -> TinyWithState:
     """Factory; seeded."""
     torch.manual_seed(0)
     return TinyWithState(features, hidden).eval()
+
+
+class TinyMixed(torch.nn.Module):
+    """A one-direction LSTM under a bidirectional GRU: gates of both shapes in one model."""
+
+    def __init__(self, features: int = 3, hidden: int = 5):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(features, hidden, batch_first=True)
+        self.gru = torch.nn.GRU(hidden, 4, bidirectional=True, batch_first=True)
+        self.head = torch.nn.Linear(8, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.lstm(x)
+        z, _ = self.gru(y)
+        return self.head(z)
+
+
+def tiny_mixed(features: int = 3, hidden: int = 5) -> TinyMixed:
+    """Factory; seeded."""
+    torch.manual_seed(0)
+    return TinyMixed(features, hidden).eval()

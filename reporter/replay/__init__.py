@@ -5,8 +5,10 @@
     calls           a batch of windows as one call, one per chunk (state carried) or one per window
     sessions        onnxruntime sessions: provider, CPU/CUDA, IO binding
     runner          sessions over batches, folding each into accumulators
+    time_major      replay's copy of the exposed model: gates left as the Scan writes them
     dask_shards     the same, sharded over a Dask cluster
     gate_moments    the mergeable per-unit accumulator and its one-pass update
+    fused_pass      every statistic of a gate trace in one compiled pass (numba)
     timestep_stats  mergeable per-timestep trajectories and the exact histogram bins
     stats           every layer's accumulators, and the run's two statistics tables
     anomaly         per-window gate features, anomaly scores, "flagged", explanations

@@ -36,6 +36,7 @@ from reporter.replay.feeds import Feeds
 from reporter.replay.gate_moments import StatsConfig
 from reporter.replay.sessions import open_session, run_bound, tune_allocator
 from reporter.replay.stats import RunStats
+from reporter.replay.time_major import batch_major, skip_final_transposes
 from reporter.replay.unit_tracks import UnitTracks
 from reporter.replay.windows import WindowSource
 
@@ -169,7 +170,8 @@ class Replayer:
         self.vocab = vocab  # token text, for the habits `unit_tracks` checks
         self.layers, self.provider, self.stats_config = layers, provider, stats_config or StatsConfig()
         self.feeds = feeds  # the model's other inputs (`replay.feeds`); None: the windows are its one input
-        self.model_bytes = exposed.SerializeToString()
+        runnable, self._time_major = skip_final_transposes(exposed, layers)  # no final copy of each gate
+        self.model_bytes = runnable.SerializeToString()
         self.output_names = [name for name in model_output_names(exposed, layers) if _batch_major(exposed, name)]
         # On CUDA too: the statistics run on the host and cost far more than the model (`bench --replay`).
         self.workers = max(1, workers or min(2, os.cpu_count() or 1))
@@ -192,7 +194,8 @@ class Replayer:
         return self._run(self._sessions[0], windows, indices)
 
     def _run(self, session: ort.InferenceSession, windows: np.ndarray, indices: np.ndarray | None) -> dict:
-        """One batch through one session; on CUDA through IO binding (see `run_bound`)."""
+        """One batch through one session; on CUDA through IO binding (see `run_bound`). Gates the
+        session wrote time-major (`time_major`) come back as `[batch, time, …]` views of them."""
         if self.input_dtype is not None and windows.dtype != self.input_dtype:
             windows = windows.astype(self.input_dtype)  # an int32-id or float16/float64 model input
         if self.provider == "cuda":
@@ -202,11 +205,12 @@ class Replayer:
 
         def call(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             try:
-                return run(feed)
+                outputs = run(feed)
             except Exception as exc:  # noqa: BLE001 - onnxruntime's errors on a feed that does not fit
                 where = f"windows {indices[0]}..{indices[-1]}" if indices is not None and len(indices) else "windows"
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ModelError(f"onnxruntime cannot run the model on {where}: {first}") from None
+            return {name: batch_major(v) if name in self._time_major else v for name, v in outputs.items()}
 
         if self.feeds is None:
             return call({self.input_name: windows})

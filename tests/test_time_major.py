@@ -1,0 +1,72 @@
+"""Replay keeps one-direction gates time-major (`replay.time_major`): what it hands on has the
+exposed model's values bit for bit, as `[batch, time, …]` views of the Scan's own output; gates of
+two directions stay batch-major; the model it was given is left as it was."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from reporter.pipeline.model_source import ModelRecipe, exposed_model
+from reporter.replay.runner import Replayer
+from reporter.replay.stats import RunStats
+from reporter.replay.windows import open_windows_source
+from tests.tiny_models import tiny_mixed
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """The exposed one-direction LSTM + bidirectional GRU, and 11 windows of 8 steps."""
+    folder = tmp_path_factory.mktemp("mixed")
+    checkpoint = folder / "mixed.pt"
+    torch.save(tiny_mixed().state_dict(), checkpoint)
+    np.save(folder / "w.npy", np.random.default_rng(4).standard_normal((11, 8, 3)).astype(np.float32))
+    source = open_windows_source(folder / "w.npy")
+    model = exposed_model(ModelRecipe(checkpoint, "tests.tiny_models:tiny_mixed"), source)
+    return model, source.take(source.indices())
+
+
+def _gate_names(model, directions: int) -> set[str]:
+    return {name for layer in model.layers if layer.directions == directions for name in layer.outputs.values()}
+
+
+def test_replay_hands_on_the_exposed_models_values_from_time_major_gates(mixed):
+    model, x = mixed
+    before = model.exposed.SerializeToString()
+    session = ort.InferenceSession(before, providers=["CPUExecutionProvider"])
+    want = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x})))
+    got = Replayer(model.exposed, model.layers, workers=1).run_batch(x)
+    assert model.exposed.SerializeToString() == before
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        assert got[name].shape == value.shape, name
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    one, two = _gate_names(model, 1), _gate_names(model, 2)
+    assert len(one) == 6 and len(two) == 4  # LSTM i f g o c h; GRU z r n h, each [B, T, 2, H]
+    for name in one:  # a view of [time, 1, batch, hidden] as the Scan wrote it
+        assert not got[name].flags.c_contiguous and got[name].transpose(1, 2, 0, 3).flags.c_contiguous, name
+    for name in two:
+        assert got[name].flags.c_contiguous, name
+
+
+def test_statistics_of_time_major_gates_equal_those_of_batch_major_copies(mixed):
+    """The kernel reads the views in place and the copies after a transpose: the same rows in the
+    same order, so every statistic is bit for bit the same."""
+    model, x = mixed
+    replayer = Replayer(model.exposed, model.layers, workers=1)
+    gates = replayer.gates(replayer.run_batch(x))
+    stats = RunStats(model.layers)
+    views = stats.parts(gates, extras=True)
+    copies = stats.parts({k: {g: np.ascontiguousarray(v) for g, v in d.items()} for k, d in gates.items()}, extras=True)
+    assert views.keys() == copies.keys() and len(views) == 10
+    for key, view in views.items():
+        copy = copies[key]
+        for name in ("moments", "steps"):
+            for field, value in getattr(view, name).items():
+                np.testing.assert_array_equal(value, getattr(copy, name)[field], err_msg=f"{key} {name} {field}")
+        np.testing.assert_array_equal(view.features, copy.features, err_msg=f"{key} features")
+        assert (view.peaks is None) == (copy.peaks is None) == (key[1] != "h")
+        for a, b in zip(view.peaks or (), copy.peaks or (), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"{key} peaks")
