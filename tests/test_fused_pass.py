@@ -177,6 +177,22 @@ def test_a_time_major_view_is_read_in_place_with_the_statistics_of_its_copy():
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize("table_from", [0.0, np.inf])
+@pytest.mark.parametrize("family, bins, shape", CASES)
+def test_both_ways_of_counting_a_step_give_numpys_histograms(monkeypatch, table_from, family, bins, shape):
+    """A step's counts go through a [unit, bin] table from `TABLE_FROM` windows per histogram cell,
+    else straight into both histograms: each way, forced here, counts what numpy counts."""
+    from reporter.replay import fused_pass
+
+    monkeypatch.setattr(fused_pass, "TABLE_FROM", table_from)
+    trace = _hostile(np.random.default_rng(5), shape, family)
+    low, high = SATURATION[family]
+    fused = gate_pass(trace, bins, low, high)
+    moments, steps = stats_reference.gate_update(trace, bins, low, high)
+    np.testing.assert_array_equal(fused.moments["hist"], moments["hist"])
+    np.testing.assert_array_equal(fused.steps["hist"], steps["hist"])
+
+
 def test_a_step_of_more_windows_than_uint16_counts_is_counted_in_full():
     """The kernel counts a step's values per [unit, bin] before adding them to both histograms,
     in uint16 while a batch has at most 65,535 windows and in the counters' width beyond."""

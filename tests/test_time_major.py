@@ -5,6 +5,8 @@ two directions stay batch-major; the model it was given is left as it was."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import onnxruntime as ort
 import pytest
 import torch
@@ -70,3 +72,33 @@ def test_statistics_of_time_major_gates_equal_those_of_batch_major_copies(mixed)
         assert (view.peaks is None) == (copy.peaks is None) == (key[1] != "h")
         for a, b in zip(view.peaks or (), copy.peaks or (), strict=True):
             np.testing.assert_array_equal(a, b, err_msg=f"{key} peaks")
+
+
+def test_a_gate_a_subgraph_reads_stays_as_the_exposed_model_writes_it(mixed):
+    """An `If` branch reading a gate output by name (a model edited after exposure) still reads
+    the `[batch, time, …]` gate: that output keeps its Transpose, the others lose theirs."""
+    model, x = mixed
+    read = sorted(_gate_names(model, 1))[0]
+    edited = onnx.ModelProto()
+    edited.CopyFrom(model.exposed)
+    branch = [
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", [read], [f"{side}_out"])],
+            side,
+            [],
+            [onnx.helper.make_tensor_value_info(f"{side}_out", onnx.TensorProto.FLOAT, None)],
+        )
+        for side in ("then", "else")
+    ]
+    edited.graph.initializer.append(onnx.numpy_helper.from_array(np.array(True), "always"))
+    edited.graph.node.append(
+        onnx.helper.make_node("If", ["always"], ["probe"], then_branch=branch[0], else_branch=branch[1])
+    )
+    edited.graph.output.append(onnx.helper.make_tensor_value_info("probe", onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(edited.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x})))
+    got = Replayer(edited, model.layers, workers=1).run_batch(x)
+    np.testing.assert_array_equal(got["probe"], want[read])
+    for name in _gate_names(model, 1):
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+        assert got[name].flags.c_contiguous == (name == read), name

@@ -2,8 +2,9 @@
 
 A batch's memory is its exposed model's outputs (every gate of every layer, float32, per window
 `steps × directions × hidden × gates × layers × 4` bytes: 0.6 MB for 2 × 128 LSTM units over 100
-steps, 4.9 MB for 1,024 units) plus what onnxruntime holds meanwhile (the Scan's time-major copy
-of each gate before it is transposed, the input projection), on every worker at once. So the
+steps, 4.9 MB for 1,024 units) plus what onnxruntime holds meanwhile (the input projection, and
+for gates replay does not keep time-major, the Scan's copy of each before it is transposed) and
+the statistics kernel's copy of a batch-major trace, on every worker at once. So the
 batch is measured, not guessed: one window is run through the model, its outputs' bytes times
 `OVERHEAD` is the cost of a window, and the budget left over the process's current memory is
 shared among the workers. The cap keeps small models at the batch that measured fastest; the
@@ -20,7 +21,7 @@ from reporter.errors import ConfigError
 __all__ = ["CAP", "OVERHEAD", "choose_batch", "current_rss", "default_budget", "parse_memory"]
 
 CAP = 256  # windows per batch at most: larger batches measured no faster (`gate-report bench`)
-OVERHEAD = 4.5  # peak ÷ output bytes of a batch in flight; measured 3.7 (`bench --replay`, 1,024-unit LSTM)
+OVERHEAD = 4.5  # peak ÷ output bytes of a batch in flight; 3.7 measured with every gate transposed (1,024 units)
 _SHARE = 0.25  # of physical memory, the default budget
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 

@@ -1,11 +1,11 @@
 """One pass over a gate trace for every statistic replay keeps: a compiled kernel (numba).
 
 Replay's cost was the statistics, not the model: moments, extrema, saturation counts, two
-histograms and eight anomaly features per window, each its own numpy pass with float64
-temporaries, about 19 ns per gate value per core (`gate-report bench --replay`). Here each value
-is read once, step by step and window by window within a step (the order a time-major trace is
-stored in: replay keeps the Scan's, `replay.time_major`; a batch-major trace is copied into it),
-and folds into every accumulator as it passes:
+histograms and eight anomaly features per window, each its own numpy pass with float64 temporaries,
+about 19 ns per gate value per core (`gate-report bench --replay`). Here each value is read once
+(and again as the next step's previous value), step by step and window by window within a step (the
+order a time-major trace is stored in: replay keeps the Scan's, `replay.time_major`; a batch-major
+trace is copied into it), and folds into every accumulator as it passes:
 
     per unit      shifted sums (mean and M2), min, max, values below/above the saturation
                   thresholds, the fixed-bin histogram
@@ -15,11 +15,12 @@ and folds into every accumulator as it passes:
     per window × unit (on request, for h)   the step and value of the highest and lowest value,
                   which `replay.unit_tracks` ranks
 
-It computes exactly what the numpy reading computes (`tests/stats_reference.py`): bins and
-counts bit for bit (the same float32 products and floors, NaN as overflow, `hi` in the last
-bin), min and max exactly (NaN propagates), sums and moments to float rounding (float64 sums
-shifted by each unit's first finite value, so M2 = Σd² − (Σd)²/n loses nothing to a large mean).
-The kernel releases the GIL, so replay's worker threads run it side by side.
+It computes exactly what the numpy reading computes (`tests/stats_reference.py`): bins and counts
+bit for bit (the same float32 products and floors, NaN as overflow, `hi` in the last bin), min and
+max exactly (NaN propagates; of 0.0 and −0.0, whichever comes first), sums and moments to float
+rounding (float64 sums shifted by each unit's first finite value, so M2 = Σd² − (Σd)²/n loses
+nothing to a large mean). The kernel releases the GIL, so replay's worker threads run it side by
+side.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ from reporter.replay.timestep_stats import Bins
 __all__ = ["FEATURES", "INT32_COUNTS", "GatePass", "float32_threshold", "gate_pass"]
 
 INT32_COUNTS = 2**31  # values in a batch below which its counters are int32 (half the cache, narrower adds)
+# Windows per histogram cell from which a step's counts go through a table (`_kernel`): adding the
+# table into both histograms costs units × cells per step whatever the batch, so a batch of fewer
+# windows counts each value in both histograms at once (1,024 units, 66 cells: the table was 1.2×
+# slower at 20 windows, 6× at 1, and 0.98× at 32).
+TABLE_FROM = 0.5
 FEATURES = ("mean", "std", "frac_low", "frac_high", "step_change", "peak_change", "drift", "zero_crossings")
 
 
@@ -68,7 +74,7 @@ def _root(variance):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _kernel(x, scale, narrow, base, top, hi, low, high, want_peaks, table, out):  # pragma: no cover
+def _kernel(x, scale, narrow, base, top, hi, low, high, want_peaks, table, lanes, out):  # pragma: no cover
     """Step by step and, within a step, window by window: `x` is `[time, batch, unit]`, read in
     memory order one row (one window, one step: `units` values in L1) at a time.
 
@@ -76,13 +82,15 @@ def _kernel(x, scale, narrow, base, top, hi, low, high, want_peaks, table, out):
     extrema and threshold counts, and the window's sums, step changes and zero crossings. Without
     branches (selects, and `t > 0` for the changes) the compiler vectorises it, and `reassoc` lets
     it keep the float sums in SIMD lanes: rounding, not exactness; bins, counts and extrema do not
-    depend on order. Merging the loops read each row once and cut a fifth of the time per value.
-    What cannot vectorise is the histogram increment; there is one per value, into `table`, the
-    step's [unit, bin] counts, which at the step's end add into both histograms (per unit, per
-    step) in vector loops: half the scattered increments of counting each histogram on its own.
-    Increments index with unsigned integers (numba adds a negative-index check to signed ones).
-    Counters have the width the caller chose: int32 unless a batch holds 2³¹ values, and `table`
-    a width that holds a step's windows."""
+    depend on order (but for the sign of a zero extremum: the first of 0.0 and −0.0 met stays).
+    Merging the loops, one per statistic before, cut a fifth of the time per value.
+    What cannot vectorise is the histogram increment. With `table` (`TABLE_FROM`) there is one per
+    value, into the step's [unit, bin] counts, which at the step's end add into both histograms
+    (per unit, per step) in vector loops: half the scattered increments of counting each histogram
+    on its own. Without it (few windows) each value counts in the unit's histogram and in one of
+    the step's 4 `lanes`. Increments index with unsigned integers (numba adds a negative-index
+    check to signed ones). Counters have the width the caller chose: int32 unless a batch holds
+    2³¹ values, and `table` a width that holds a step's windows."""
     (s1, s2, smallest, largest, n_low, n_high, hist_u, step_total, hist_t, feats, up, up_t, down, down_t) = out
     steps, batch, units = x.shape
     cells = hist_u.shape[1]
@@ -140,8 +148,13 @@ def _kernel(x, scale, narrow, base, top, hi, low, high, want_peaks, table, out):
                 p = changes[u]
                 changes[u] = jump if (later and p == p and not jump <= p) else p
                 crossings += later and ((v > 0) != (prev[u] > 0))
-            for u in range(units):
-                table[np.uintp(u), k[u]] += 1
+            if table.size:
+                for u in range(units):
+                    table[np.uintp(u), k[u]] += 1
+            else:  # few windows: straight into both, the step's in 4 lanes (no store-to-load stall on one bin)
+                for u in range(units):
+                    hist_u[np.uintp(u), k[u]] += 1
+                    lanes[np.uintp(u) & np.uintp(3), k[u]] += 1
             step_total[t] += total
             if want_peaks:  # selects, not branches: vectorised; the first step wins a tie, as argmax
                 for u in range(units):
@@ -161,11 +174,15 @@ def _kernel(x, scale, narrow, base, top, hi, low, high, want_peaks, table, out):
                 m_shift[b] = level if np.isfinite(level) else 0.0
             m1[b] += level - m_shift[b]
             m2[b] += (level - m_shift[b]) ** 2
-        for u in range(units):
+        for u in range(table.shape[0]):
             for c in range(cells):
                 hist_u[u, c] += table[u, c]
                 hist_t[t, c] += table[u, c]
             table[u, :] = 0
+        for lane in range(lanes.shape[0]):
+            for c in range(cells):
+                hist_t[t, c] += lanes[lane, c]
+            lanes[lane, :] = 0
     n = steps * units
     pairs = max(1, (steps - 1) * units)
     for b in range(feats.shape[0]):
@@ -205,12 +222,14 @@ def gate_pass(
         # int32 steps: half the bytes, and the kernel ran at half speed with int64 ones at 512 forecaster windows
         *(np.empty((batch if peaks else 0, units), dtype) for dtype in (np.float32, np.int32, np.float32, np.int32)),
     )
-    table = np.zeros((units, cells), np.uint16 if batch <= np.iinfo(np.uint16).max else counter)  # one step's counts
+    tabled = batch >= TABLE_FROM * cells
+    table = np.zeros((units if tabled else 0, cells), np.uint16 if batch <= np.iinfo(np.uint16).max else counter)
+    lanes = np.zeros((0 if tabled else 4, cells), counter)
     low32, high32 = float32_threshold(low, below=True), float32_threshold(high, below=False)
     narrow = scale >= 1  # float32 products are exact then; scaling down would lose subnormals
     with np.errstate(invalid="ignore", over="ignore"):
         edges = (bins.lo * scale - 1, bins.hi * scale, np.float32(bins.hi))  # clip range of floor(x·scale), and hi
-        shift = _kernel(x, scale, narrow, *edges, low32, high32, peaks, table, out)
+        shift = _kernel(x, scale, narrow, *edges, low32, high32, peaks, table, lanes, out)
         s1, s2, smallest, largest, n_low, n_high, hist_u, step_total, hist_t, feats = out[:10]
         count = batch * steps
         moments = {

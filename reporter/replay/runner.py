@@ -190,7 +190,8 @@ class Replayer:
 
     def run_batch(self, windows: np.ndarray, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Every graph output (model outputs and gates) for a few windows (`indices`: their file
-        indices, which inputs stored per window need)."""
+        indices, which inputs stored per window need). One-direction gates come back as `[batch,
+        time, 1, hidden]` views of what the Scan wrote (`replay.time_major`), not C-contiguous."""
         return self._run(self._sessions[0], windows, indices)
 
     def _run(self, session: ort.InferenceSession, windows: np.ndarray, indices: np.ndarray | None) -> dict:

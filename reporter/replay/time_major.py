@@ -15,6 +15,7 @@ directions) are left as they are.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 
 import numpy as np
 import onnx
@@ -36,7 +37,8 @@ def skip_final_transposes(model: onnx.ModelProto, layers: list[Layer]) -> tuple[
     """A copy of `model` whose one-direction gate outputs are time-major, and those outputs' names.
 
     An output qualifies when it is the last of a chain `Transpose(perm=[2, 0, 1, 3]) → Identity…`
-    in the main graph whose tensors nothing else reads; the chain then starts from the Transpose's
+    in the main graph whose tensors nothing else reads, in the main graph or in any subgraph (an
+    `If` branch or a loop body may read them by name); the chain then starts from the Transpose's
     input and the Transpose goes. The model passed in is not modified.
     """
     wanted = {name for layer in layers if layer.directions == 1 for name in layer.outputs.values()}
@@ -44,7 +46,7 @@ def skip_final_transposes(model: onnx.ModelProto, layers: list[Layer]) -> tuple[
     copy.CopyFrom(model)
     graph = copy.graph
     producer = {name: node for node in graph.node for name in node.output}
-    readers = Counter(name for node in graph.node for name in node.input)
+    readers = Counter(_names_read(graph))
     readers.update(output.name for output in graph.output)
     changed, stale = set(), set()  # stale: tensors now time-major, whose recorded shapes no longer hold
     for output in graph.output:
@@ -65,6 +67,15 @@ def skip_final_transposes(model: onnx.ModelProto, layers: list[Layer]) -> tuple[
     del graph.value_info[:]
     graph.value_info.extend(kept)
     return copy, frozenset(changed)
+
+
+def _names_read(graph: onnx.GraphProto) -> Iterator[str]:
+    """Every tensor name the graph's nodes read, their subgraphs' nodes included."""
+    for node in graph.node:
+        yield from node.input
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                yield from _names_read(subgraph)
 
 
 def _chain_to_transpose(name: str, producer: dict) -> list | None:
