@@ -23,7 +23,7 @@ from reporter.layers import GATES, KINDS, Layer, gate_activations, layers_from_j
 from reporter.model.cell_patterns import Dataflow, graph_constants
 from reporter.model.control_flow import BRANCH_ATTRIBUTES, lift_out_of, runs_backward
 from reporter.model.decomposed import Found, decomposed_layers
-from reporter.model.graph_builder import GraphBuilder, fresh_name, reverse_time
+from reporter.model.graph_builder import GraphBuilder, fresh_name, reverse_time, subgraphs
 from reporter.model.layer_names import LayerNamer
 from reporter.model.recurrent_spec import read_spec
 from reporter.model.scan_rewrite import build_scan_rewrite
@@ -210,19 +210,10 @@ def _with_min_opset(model: onnx.ModelProto) -> onnx.ModelProto:
         raise ModelError(f"model uses opset {version}; converting it to opset {_MIN_OPSET} failed: {exc}") from None
 
 
-def _subgraphs(graph: onnx.GraphProto):
-    """Yield every graph nested in a node attribute of `graph`, at any depth."""
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                yield sub
-                yield from _subgraphs(sub)
-
-
 def _all_names(graph: onnx.GraphProto) -> set[str]:
     """Every tensor and node name in the graph and its subgraphs (new names must avoid them)."""
     names = set()
-    for g in [graph, *_subgraphs(graph)]:
+    for g in [graph, *subgraphs(graph)]:
         names.update(i.name for i in g.initializer)
         names.update(v.name for v in [*g.input, *g.output, *g.value_info])
         for node in g.node:

@@ -1,20 +1,33 @@
 """Emit ONNX nodes into an existing graph without ever reusing one of its names.
 
-`fresh_name` is the one way a graph pass picks a new tensor or node name; `GraphBuilder` emits
+`fresh_name` is the one way a graph pass picks a new tensor or node name (`subgraphs` finds the
+graphs nested in a graph, whose names count too); `GraphBuilder` emits
 nodes under a prefix with fresh names and deduplicated constants, and the spec's activations
 (with their alpha and beta) as ONNX ops.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
+import onnx
 from onnx import helper, numpy_helper
 
 from reporter.model.recurrent_spec import Activation
 
-__all__ = ["GraphBuilder", "activate", "activate_per_direction", "fresh_name", "reverse_time"]
+__all__ = ["GraphBuilder", "activate", "activate_per_direction", "fresh_name", "reverse_time", "subgraphs"]
 
 _INT64_MIN = np.iinfo(np.int64).min
+
+
+def subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """Yield every graph nested in a node attribute of `graph`, at any depth."""
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                yield sub
+                yield from subgraphs(sub)
 
 
 def fresh_name(taken: set[str], base: str) -> str:

@@ -15,12 +15,12 @@ directions) are left as they are.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
 import numpy as np
 import onnx
 
 from reporter.layers import Layer
+from reporter.model.graph_builder import subgraphs
 
 __all__ = ["batch_major", "skip_final_transposes"]
 
@@ -46,7 +46,7 @@ def skip_final_transposes(model: onnx.ModelProto, layers: list[Layer]) -> tuple[
     copy.CopyFrom(model)
     graph = copy.graph
     producer = {name: node for node in graph.node for name in node.output}
-    readers = Counter(_names_read(graph))
+    readers = Counter(name for g in [graph, *subgraphs(graph)] for node in g.node for name in node.input)
     readers.update(output.name for output in graph.output)
     changed, stale = set(), set()  # stale: tensors now time-major, whose recorded shapes no longer hold
     for output in graph.output:
@@ -67,15 +67,6 @@ def skip_final_transposes(model: onnx.ModelProto, layers: list[Layer]) -> tuple[
     del graph.value_info[:]
     graph.value_info.extend(kept)
     return copy, frozenset(changed)
-
-
-def _names_read(graph: onnx.GraphProto) -> Iterator[str]:
-    """Every tensor name the graph's nodes read, their subgraphs' nodes included."""
-    for node in graph.node:
-        yield from node.input
-        for attribute in node.attribute:
-            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
-                yield from _names_read(subgraph)
 
 
 def _chain_to_transpose(name: str, producer: dict) -> list | None:
