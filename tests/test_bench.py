@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -56,12 +58,24 @@ def test_interleaving_calls_each_contender_once_per_round_after_a_warm_up():
     assert calls == ["a", "b"] * 4 and set(result) == {"a", "b"}
 
 
+def test_interleaving_starts_each_run_on_settled_cores():
+    finished, gaps = [], []
+
+    def contender():
+        if finished:
+            gaps.append(time.perf_counter() - finished[-1])
+        finished.append(time.perf_counter())
+
+    time_interleaved({"a": contender, "b": contender}, repeats=2, settle=0.02)
+    assert len(gaps) == 5 and min(gaps[1:]) >= 0.02  # the warm-ups run back to back; every timed run waits
+
+
 def test_table_reports_ratios_against_the_baseline():
-    row = BenchRow("case", fused_s=0.1, exposed_s=0.12, torch_loop_s=0.36, fused_pair_s=0.05, exposed_pair_s=0.055)
+    row = BenchRow("case", 0.1, 0.12, 0.36, fused_pair_s=0.05, exposed_pair_s=0.055, replay_pair_s=0.0525)
     assert row.overhead == pytest.approx(1.2) and row.speedup_vs_torch == pytest.approx(3.0)
-    assert row.overhead_pair == pytest.approx(1.1)
-    table = format_rows([row])
-    assert "1.20×" in table and "3.00×" in table and "1.10×" in table
+    assert row.overhead_pair == pytest.approx(1.1) and row.overhead_replay == pytest.approx(1.05)
+    cells = format_rows([row]).split("\n")[2].split()
+    assert cells[-3:] == ["52.5", "1.05×", "3.00×"] and "1.20×" in cells and "1.10×" in cells
 
 
 def test_replay_bench_windows_tile_the_stored_ones_and_the_table_reports_the_memory_ratio(tmp_path):
@@ -110,3 +124,13 @@ def test_bench_refuses_an_unknown_provider(capsys):
 
     assert main(["bench", "--replay", "10", "--provider", "tpu"]) == 2
     assert "--provider tpu" in capsys.readouterr().err
+
+
+def test_a_reference_case_times_every_contender_and_names_its_model(monkeypatch):
+    import reporter.bench.expose_cost as expose_cost
+
+    monkeypatch.setattr(expose_cost, "SETTLE_S", 0.0)
+    row = expose_cost._builtin_case("GRU", batch=4, steps=3, input_size=2, hidden=4, layers=2, repeats=1)
+    assert row.case == "2-layer GRU, in 2, hidden 4, 4×3"
+    timed = (row.fused_s, row.exposed_s, row.torch_loop_s, row.fused_pair_s, row.exposed_pair_s, row.replay_pair_s)
+    assert all(value is not None and value > 0 for value in timed)
