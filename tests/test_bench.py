@@ -54,11 +54,11 @@ def test_the_decomposed_case_exposes_the_gates_its_torch_baseline_captures(kind)
 
 def test_interleaving_calls_each_contender_once_per_round_after_a_warm_up():
     calls = []
-    result = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
-    assert calls == ["a", "b"] * 4 and set(result) == {"a", "b"}
+    result = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, settle=0)
+    assert [sorted(calls[k : k + 2]) for k in range(0, 8, 2)] == [["a", "b"]] * 4 and set(result) == {"a", "b"}
 
 
-def test_interleaving_starts_each_run_on_settled_cores():
+def test_interleaving_starts_each_run_on_settled_cores_and_does_not_time_the_wait():
     finished, gaps = [], []
 
     def contender():
@@ -66,8 +66,21 @@ def test_interleaving_starts_each_run_on_settled_cores():
             gaps.append(time.perf_counter() - finished[-1])
         finished.append(time.perf_counter())
 
-    time_interleaved({"a": contender, "b": contender}, repeats=2, settle=0.02)
+    result = time_interleaved({"a": contender, "b": contender}, repeats=2, settle=0.02)
     assert len(gaps) == 5 and min(gaps[1:]) >= 0.02  # the warm-ups run back to back; every timed run waits
+    assert max(result.values()) < 0.01  # the wait is not part of the time
+
+
+def test_interleaving_waits_the_module_settle_time_by_default_and_rotates_the_order(monkeypatch):
+    import reporter.bench.expose_cost as expose_cost
+
+    monkeypatch.setattr(expose_cost, "SETTLE_S", 0.015)
+    calls, waits = [], []
+    monkeypatch.setattr(expose_cost.time, "sleep", lambda seconds: (waits.append(seconds), calls.append("wait")))
+    time_interleaved({name: (lambda name=name: calls.append(name)) for name in "abc"}, repeats=3)
+    waited = [name for name in calls if name != "wait"]
+    assert waited == list("abc") + list("abc") + list("bca") + list("cab")  # warm-up, then each round shifted
+    assert waits == [0.015] * 9 and calls[3::2] == ["wait"] * 9  # before every timed run
 
 
 def test_table_reports_ratios_against_the_baseline():
@@ -135,3 +148,30 @@ def test_a_reference_case_times_every_contender_and_names_its_model(monkeypatch)
     assert row.case == "2-layer GRU, in 2, hidden 4, 4×3"
     timed = (row.fused_s, row.exposed_s, row.torch_loop_s, row.fused_pair_s, row.exposed_pair_s, row.replay_pair_s)
     assert all(value is not None and value > 0 for value in timed)
+
+
+def test_the_replay_contender_runs_the_model_replay_runs(monkeypatch):
+    """As replay runs it: the exposed LSTM without its gates' final transposes; a decomposed cell
+    (gates stacked, nothing to skip) has no contender of its own and reads as exposed 2×1."""
+    import reporter.bench.expose_cost as expose_cost
+
+    given = []
+    monkeypatch.setattr(expose_cost, "batch_pair", lambda model, feed: given.append(model) or (lambda: None))
+    monkeypatch.setattr(expose_cost, "SETTLE_S", 0.0)
+    torch.manual_seed(0)
+    rnn = torch.nn.LSTM(2, 3, batch_first=True).eval()
+    fused = _export_for_bench(rnn, torch.randn(4, 5, 2))
+    exposed, layers = expose_gates(fused)
+    contenders = expose_cost._onnx_contenders(fused, exposed, layers, {"x": np.zeros((4, 5, 2), np.float32)})
+    transposes = [sum(node.op_type == "Transpose" for node in model.graph.node) for model in given]
+    assert list(contenders)[-1] == "replay_pair" and len(given) == 3
+    assert transposes[2] == transposes[1] - len(layers[0].outputs)  # every gate of the one direction
+
+    given.clear()
+    module = expose_cost.CellLoop("GRU", 2, 3).eval()
+    plain = _export_for_bench(module, torch.randn(4, 5, 2), dynamic_time=False)
+    exposed, layers = expose_gates(plain)
+    contenders = expose_cost._onnx_contenders(plain, exposed, layers, {"x": np.zeros((4, 5, 2), np.float32)})
+    assert "replay_pair" not in contenders and len(given) == 2
+    row = expose_cost._row("cell", {"fused": 1.0, "exposed": 1.0, "fused_pair": 2.0, "exposed_pair": 3.0})
+    assert row.replay_pair_s == row.exposed_pair_s == 1.5

@@ -20,6 +20,7 @@ import torch
 
 from reporter.layers import GATES, Layer
 from reporter.model.expose import expose_gates
+from reporter.replay.sessions import open_session
 from reporter.replay.time_major import skip_final_transposes
 
 __all__ = ["BenchRow", "time_interleaved", "bench_builtin", "bench_onnx", "capture_gates_torch", "format_rows"]
@@ -75,17 +76,21 @@ def time_interleaved(
     """Median wall time of each callable, run in turn so background load hits all equally.
 
     Each run starts `settle` seconds (default `SETTLE_S`) after the one before, on idle cores, as
-    a user's one session does: a finished onnxruntime session's pool threads (and torch's) keep
-    spinning for a while, and a session started at once shares the cores with them (measured: the
-    fused LSTM as one 2-thread session took 98–112 ms right after another session's run, 68–77 ms
-    50 ms later). Back to back, the 2-thread ratios read too high and the 2×1 ones too low.
+    a user's one session does: a finished onnxruntime session's pool threads keep spinning for a
+    while, and a session started at once shares the cores with them (measured: the fused LSTM as
+    one 2-thread session took 98–112 ms right after the exposed model's run, 68–77 ms 50 ms
+    later). Each round starts one contender further on, so what idling leaves over does not always
+    fall on the same one.
     """
     settle = SETTLE_S if settle is None else settle
     for fn in contenders.values():  # warm-up: allocator, thread pools, lazy init
         fn()
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
+    names = list(contenders)
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = contenders[name]
             time.sleep(settle)
             start = time.perf_counter()
             fn()
@@ -94,8 +99,10 @@ def time_interleaved(
 
 
 def batch_pair(model: onnx.ModelProto, feed: dict) -> Callable[[], None]:
-    """Run two batches at once on two 1-thread sessions (onnxruntime releases the GIL)."""
-    sessions = [session(model, threads=1) for _ in range(THREADS)]
+    """Run two batches at once on two 1-thread sessions opened as replay opens them
+    (`replay.sessions.open_session`; onnxruntime releases the GIL)."""
+    model_bytes = model.SerializeToString()
+    sessions = [open_session(model_bytes, "cpu", threads=1) for _ in range(THREADS)]
     pool = ThreadPoolExecutor(max_workers=THREADS)
 
     def run_pair() -> None:
@@ -175,15 +182,19 @@ def _onnx_contenders(
     fused: onnx.ModelProto, exposed: onnx.ModelProto, layers: list[Layer], feed: dict
 ) -> dict[str, Callable[[], object]]:
     """The fused and the exposed model, each as one 2-thread session and as two 1-thread sessions,
-    and the exposed model as replay runs it (two 1-thread sessions, gates time-major)."""
+    and the exposed model as replay runs it (two 1-thread sessions, gates time-major) where that
+    differs: a decomposed cell's gates are stacked, not transposed, so replay runs them as exposed."""
     s_fused, s_exposed = session(fused), session(exposed)
-    return {
+    contenders = {
         "fused": lambda: s_fused.run(None, feed),
         "exposed": lambda: s_exposed.run(None, feed),
         "fused_pair": batch_pair(fused, feed),
         "exposed_pair": batch_pair(exposed, feed),
-        "replay_pair": batch_pair(skip_final_transposes(exposed, layers)[0], feed),
     }
+    runnable, time_major = skip_final_transposes(exposed, layers)
+    if time_major:
+        contenders["replay_pair"] = batch_pair(runnable, feed)
+    return contenders
 
 
 def _row(case: str, t: dict[str, float]) -> BenchRow:
@@ -195,7 +206,7 @@ def _row(case: str, t: dict[str, float]) -> BenchRow:
         t.get("torch"),
         t["fused_pair"] / THREADS,
         t["exposed_pair"] / THREADS,
-        t["replay_pair"] / THREADS,
+        t.get("replay_pair", t["exposed_pair"]) / THREADS,  # absent: replay runs the exposed model as it is
     )
 
 
@@ -327,7 +338,7 @@ def format_rows(rows: list[BenchRow]) -> str:
     ]
     lines = [
         " ".join(f"{name:>{width}}" if k else f"{name:{width}}" for k, (name, width) in enumerate(header)),
-        " ".join(f"{g:>{w}}" if k else f"{g:{w}}" for k, (g, (_, w)) in enumerate(zip(goals, header))),
+        " ".join(f"{g:>{w}}" if k else f"{g:{w}}" for k, (g, (_, w)) in enumerate(zip(goals, header, strict=True))),
     ]
     for r in rows:
         cells = [
@@ -344,10 +355,12 @@ def format_rows(rows: list[BenchRow]) -> str:
             ratio(r.speedup_vs_torch),
             ratio(r.speedup_replay_vs_torch),
         ]
-        lines.append(" ".join(f"{c:>{w}}" if k else f"{c:{w}}" for k, (c, (_, w)) in enumerate(zip(cells, header))))
+        lines.append(
+            " ".join(f"{c:>{w}}" if k else f"{c:{w}}" for k, (c, (_, w)) in enumerate(zip(cells, header, strict=True)))
+        )
     lines.append(
         "2 threads: one session with 2 intra-op threads. 2×1: two 1-thread sessions, each on its own batch, "
         "per-batch time (how replay uses 2 cores); replay: the exposed model as replay runs it, its gates left "
-        "time-major (no final transposes). Each run starts on settled cores (50 ms idle)."
+        f"time-major (no final transposes). Each run starts on settled cores ({SETTLE_S * 1e3:.0f} ms idle)."
     )
     return "\n".join(lines)
