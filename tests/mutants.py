@@ -188,6 +188,14 @@ MUTATIONS = (
         ("tests/test_unit_tracks.py", "-x"),
     ),
     Mutation(
+        "peaks-ties-to-later-window",
+        "statistics merge exactly (unit peaks)",
+        "reporter/replay/unit_tracks.py",
+        "        return window < other_window",
+        "        return window > other_window",
+        ("tests/test_unit_tracks.py", "-x"),
+    ),
+    Mutation(
         "per-window-ignored",
         "every input is fed",
         "reporter/replay/feeds.py",
