@@ -183,8 +183,8 @@ MUTATIONS = (
         "peaks-merge-lowest",
         "statistics merge exactly (unit peaks)",
         "reporter/replay/unit_tracks.py",
-        "order = np.lexsort((window, -sign * value), axis=0)[:k]",
-        "order = np.lexsort((window, sign * value), axis=0)[:k]",
+        "order = _top_rows(-sign * np.asarray(value, np.float64), window, k)",
+        "order = _top_rows(sign * np.asarray(value, np.float64), window, k)",
         ("tests/test_unit_tracks.py", "-x"),
     ),
     Mutation(

@@ -148,19 +148,22 @@ def test_extremes_equal_a_brute_force_ranking_and_merge_exactly_across_shards():
 def test_a_batchs_top_rows_are_the_first_rows_of_numpys_lexsort():
     """Per unit, the k best windows of a batch without sorting all of them: the same rows as
     `np.lexsort((windows, key))` in the same order, on ties (a coarse grid, −0.0 against 0.0),
-    ±inf and NaN (after every number), windows out of order, and k above the batch."""
+    ±inf and NaN (after every number), windows out of order and differing per unit (a merge), and
+    k above the batch."""
     from reporter.replay.unit_tracks import _top_rows
 
     rng = np.random.default_rng(4)
     for _ in range(200):
         rows, units = int(rng.integers(1, 40)), int(rng.integers(1, 6))
-        k = min(int(rng.integers(0, 10)), rows)
+        k = int(rng.integers(0, 10))
         key = np.round(rng.normal(size=(rows, units)), 1)
         for value, share in ((np.nan, 0.1), (np.inf, 0.05), (-np.inf, 0.05), (-0.0, 0.05), (0.0, 0.05)):
             key[rng.random(key.shape) < share] = value
-        windows = rng.permutation(1000)[:rows].astype(np.int64)
-        expected = np.lexsort((np.broadcast_to(windows[:, None], key.shape), key), axis=0)[:k]
-        np.testing.assert_array_equal(_top_rows(key, windows, k), expected)
+        per_row = np.broadcast_to(rng.permutation(1000)[:rows].astype(np.int64)[:, None], key.shape)
+        per_unit = np.stack([rng.permutation(1000)[:rows] for _ in range(units)], axis=1).astype(np.int64)
+        for windows in (per_row, per_unit):  # a batch's windows; two top-k lists being merged
+            expected = np.lexsort((windows, key), axis=0)[:k]
+            np.testing.assert_array_equal(_top_rows(key, windows, k), expected)
 
 
 def test_float_windows_keep_extremes_without_context_or_habits():
