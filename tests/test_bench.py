@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -58,29 +56,48 @@ def test_interleaving_calls_each_contender_once_per_round_after_a_warm_up():
     assert [sorted(calls[k : k + 2]) for k in range(0, 8, 2)] == [["a", "b"]] * 4 and set(result) == {"a", "b"}
 
 
-def test_interleaving_starts_each_run_on_settled_cores_and_does_not_time_the_wait():
-    finished, gaps = [], []
+def _fake_clock(monkeypatch, calls: list) -> list:
+    """The bench module's clock, made of a counter: `sleep` advances it and says so in `calls`."""
+    import types
 
-    def contender():
-        if finished:
-            gaps.append(time.perf_counter() - finished[-1])
-        finished.append(time.perf_counter())
+    import reporter.bench.expose_cost as expose_cost
 
-    result = time_interleaved({"a": contender, "b": contender}, repeats=2, settle=0.02)
-    assert len(gaps) == 5 and min(gaps[1:]) >= 0.02  # the warm-ups run back to back; every timed run waits
-    assert max(result.values()) < 0.01  # the wait is not part of the time
+    now = [0.0]
+
+    def sleep(seconds):
+        calls.append(("wait", seconds))
+        now[0] += seconds
+
+    monkeypatch.setattr(expose_cost, "time", types.SimpleNamespace(perf_counter=lambda: now[0], sleep=sleep))
+    return now
+
+
+def test_interleaving_starts_each_run_on_settled_cores_and_does_not_time_the_wait(monkeypatch):
+    calls = []
+    now = _fake_clock(monkeypatch, calls)
+
+    def contender(name):
+        def run():
+            calls.append(name)
+            now[0] += 1.0  # each run takes one tick of the fake clock
+
+        return run
+
+    result = time_interleaved({"a": contender("a"), "b": contender("b")}, repeats=2, settle=0.25)
+    assert result == {"a": 1.0, "b": 1.0}  # the wait is not part of the time
+    assert calls == ["a", "b"] + [("wait", 0.25), "a", ("wait", 0.25), "b", ("wait", 0.25), "b", ("wait", 0.25), "a"]
 
 
 def test_interleaving_waits_the_module_settle_time_by_default_and_rotates_the_order(monkeypatch):
     import reporter.bench.expose_cost as expose_cost
 
     monkeypatch.setattr(expose_cost, "SETTLE_S", 0.015)
-    calls, waits = [], []
-    monkeypatch.setattr(expose_cost.time, "sleep", lambda seconds: (waits.append(seconds), calls.append("wait")))
+    calls = []
+    _fake_clock(monkeypatch, calls)
     time_interleaved({name: (lambda name=name: calls.append(name)) for name in "abc"}, repeats=3)
-    waited = [name for name in calls if name != "wait"]
-    assert waited == list("abc") + list("abc") + list("bca") + list("cab")  # warm-up, then each round shifted
-    assert waits == [0.015] * 9 and calls[3::2] == ["wait"] * 9  # before every timed run
+    ran = [call for call in calls if isinstance(call, str)]
+    assert ran == list("abc") + list("abc") + list("bca") + list("cab")  # warm-up, then each round shifted
+    assert calls[3::2] == [("wait", 0.015)] * 9  # before every timed run
 
 
 def test_table_reports_ratios_against_the_baseline():
