@@ -150,7 +150,7 @@ def test_a_batchs_top_rows_are_the_first_rows_of_numpys_lexsort():
     `np.lexsort((windows, key))` in the same order, on ties (a coarse grid, −0.0 against 0.0),
     ±inf and NaN (after every number), windows out of order and differing per unit (a merge), and
     k above the batch."""
-    from reporter.replay.unit_tracks import _top_rows
+    from reporter.replay.top_rows import top_rows
 
     rng = np.random.default_rng(4)
     for _ in range(200):
@@ -163,7 +163,7 @@ def test_a_batchs_top_rows_are_the_first_rows_of_numpys_lexsort():
         per_unit = np.stack([rng.permutation(1000)[:rows] for _ in range(units)], axis=1).astype(np.int64)
         for windows in (per_row, per_unit):  # a batch's windows; two top-k lists being merged
             expected = np.lexsort((windows, key), axis=0)[:k]
-            np.testing.assert_array_equal(_top_rows(key, windows, k), expected)
+            np.testing.assert_array_equal(top_rows(key, windows, k), expected)
 
 
 def test_float_windows_keep_extremes_without_context_or_habits():

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 import pandas as pd
 
 from reporter.layers import Layer, direction_names
 from reporter.replay.text_features import BINARY, CONTINUOUS, TokenProps, step_features
+from reporter.replay.top_rows import top_rows
 from reporter.vocab import shown
 
 __all__ = ["EXTREMES_COLUMNS", "HYPOTHESES_COLUMNS", "TrackConfig", "UnitTracks", "reads_backward"]
@@ -71,7 +71,7 @@ class _Extremes:
         """The top k of both (by sign × value, ties to the lower window): exact and order-free."""
         value = np.concatenate([self.value, other.value])
         window = np.concatenate([self.window, other.window])
-        order = _top_rows(-sign * np.asarray(value, np.float64), window, k)
+        order = top_rows(-sign * np.asarray(value, np.float64), window, k)
         take = lambda a: np.take_along_axis(a, order, axis=0)  # noqa: E731
         context = np.concatenate([self.context, other.context])
         return _Extremes(
@@ -104,7 +104,7 @@ def _peaks(
     best, steps = sign * np.asarray(found[0], np.float64), np.asarray(found[1], np.int64)
     units = best.shape[1]
     k = min(config.k, len(windows))
-    order = _top_rows(-best, np.broadcast_to(np.asarray(windows, np.int64)[:, None], best.shape), k)
+    order = top_rows(-best, np.broadcast_to(np.asarray(windows, np.int64)[:, None], best.shape), k)
     value = sign * np.take_along_axis(best, order, axis=0)
     t = np.take_along_axis(steps, order, axis=0)
     width = config.before + 1 + config.after if tokens is not None else 0
@@ -119,44 +119,6 @@ def _peaks(
     keep = sign * value > -np.inf  # a unit whose every value is NaN has no peak (an infinite one has)
     value = np.where(keep, value, np.nan).astype(np.float32)
     return _Extremes(value, windows[order], t, context)
-
-
-@numba.njit(cache=True, nogil=True)
-def _before(key, window, other_key, other_window) -> bool:  # pragma: no cover - compiled
-    """(key, window) < (other_key, other_window), with NaN after every number: numpy's sort order."""
-    if key == other_key or (key != key and other_key != other_key):
-        return window < other_window
-    if key != key:
-        return False
-    return other_key != other_key or key < other_key
-
-
-@numba.njit(cache=True, nogil=True)
-def _top_rows(key, windows, k):  # pragma: no cover - compiled
-    """Per column of `key` [B, U], the rows of its k smallest keys (all B when fewer), ties to the
-    lower window (`windows` [B, U]): the first k rows of `np.lexsort((windows, key), axis=0)`,
-    without sorting every column (a batch of 256 windows × 128 units: 0.09 ms against 1.4). Both
-    a batch's peaks and the merge of two top-k lists rank through it: one order for both."""
-    rows, units = key.shape
-    k = min(k, rows)
-    out = np.empty((k, units), np.int64)
-    if k == 0:
-        return out
-    kept_key, kept_window, kept_row = np.empty(k), np.empty(k, np.int64), np.empty(k, np.int64)
-    for u in range(units):
-        n = 0
-        for b in range(rows):
-            a, w = key[b, u], windows[b, u]
-            if n == k and not _before(a, w, kept_key[k - 1], kept_window[k - 1]):
-                continue
-            n = min(n + 1, k)
-            j = n - 1  # insertion: k is a handful
-            while j > 0 and _before(a, w, kept_key[j - 1], kept_window[j - 1]):
-                kept_key[j], kept_window[j], kept_row[j] = kept_key[j - 1], kept_window[j - 1], kept_row[j - 1]
-                j -= 1
-            kept_key[j], kept_window[j], kept_row[j] = a, w, b
-        out[:, u] = kept_row[:k]
-    return out
 
 
 _ROWS = 2048  # steps counted at once: bounded temporaries, and float32 counts stay exact (< 2**24)
