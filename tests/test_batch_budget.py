@@ -1,6 +1,7 @@
 """Replay's batch comes from a memory budget: sizes parse as people write them, the batch is what
-fits the budget beside the process's memory, a tighter budget gives a smaller batch and the same
-statistics, and a bad --memory is exit 2 with one line."""
+fits the budget beside the process's memory, evened out so every worker has a batch in each round,
+a tighter budget gives a smaller batch and the same statistics, and a bad --memory is exit 2 with
+one line."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from reporter.errors import ConfigError
 from reporter.pipeline.model_source import ModelRecipe, exposed_model
-from reporter.replay.batch_budget import CAP, OVERHEAD, choose_batch, parse_memory
+from reporter.replay.batch_budget import CAP, OVERHEAD, balanced_batch, choose_batch, parse_memory
 from reporter.replay.runner import Replayer
 from reporter.replay.windows import open_windows_source
 from tests.tiny_models import save_tiny
@@ -37,6 +38,20 @@ def test_the_batch_is_what_fits_the_budget_beside_what_is_used_capped_and_at_lea
     assert choose_batch(window, 2, 1 << 30, 2 << 30) == 1  # over budget already: one window at a time
 
 
+def _rounds(windows: int, batch: int, workers: int) -> int:
+    """Rounds of one batch per worker that `windows` take in batches of `batch`, counted by cutting them."""
+    return -(-len(range(0, windows, batch)) // workers)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 4])
+def test_the_evened_batch_is_the_smallest_taking_no_more_rounds_than_the_largest(workers):
+    for largest in (1, 2, 7, 24, 256):
+        for windows in [*range(0, 70), 255, 256, 257, 300, 511, 512, 513, 600, 4000, 5000, 50000]:
+            fewest = _rounds(windows, largest, workers)
+            oracle = next(b for b in range(1, largest + 1) if _rounds(windows, b, workers) == fewest)
+            assert balanced_batch(largest, windows, workers) == oracle, (largest, windows, workers)
+
+
 def _tiny_replayer(tmp_path, shape: tuple[int, int, int], seed: int):
     """Two sessions of the tiny forecaster's exposed model, and its random windows."""
     checkpoint, _ = save_tiny(tmp_path)
@@ -56,11 +71,28 @@ def test_a_tighter_budget_gives_smaller_batches_and_the_same_statistics(tmp_path
     roomy = replayer.replay(source, memory=64 << 30, progress=False)  # first: what replay loads (numba) is in
     tight = current_rss() + int(20 * window_bytes * OVERHEAD * 2)  # about 20 windows a worker
     small = replayer.replay(source, memory=tight, progress=False)
-    assert roomy.batch_size == CAP and 10 <= small.batch_size <= 20
+    assert roomy.batch_size == 150 and 10 <= small.batch_size <= 20  # 300 windows: one batch of 150 each
     a, b = small.stats.to_frames().gate_stats, roomy.stats.to_frames().gate_stats
     for column in ("count", "min", "max", "frac_low", "frac_high", "hist_under", "hist_over"):
         np.testing.assert_array_equal(a[column], b[column], err_msg=column)
     np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-9)
+
+
+def test_a_run_of_fewer_windows_than_a_batch_gives_every_worker_some(tmp_path):
+    """128 windows at the cap of 256 were one batch on one of two cores, the other idle."""
+    replayer, source = _tiny_replayer(tmp_path, (101, 12, 3), seed=5)
+    ran, run = [], replayer._run
+    replayer._run = lambda session, windows, indices: (
+        ran.append((id(session), len(indices))) or run(session, windows, indices)
+    )
+    result = replayer.replay(source, progress=False)
+    assert result.batch_size == 51 and result.workers == 2
+    measure, *batches = ran  # one window first: what a window's outputs take (`batch_for`)
+    assert measure[1] == 1 and sorted(n for _, n in batches) == [50, 51]
+    assert len({session for session, _ in batches}) == 2  # both sessions, one batch each
+    del ran[:]
+    fixed = replayer.replay(source, batch_size=CAP, progress=False)  # a batch size given is kept as given
+    assert fixed.batch_size == CAP > 101 and [n for _, n in ran] == [101]
 
 
 def test_a_bad_memory_size_is_exit_2_and_one_line(tmp_path, capsys):

@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnxruntime provider (auto: CUDA when onnxruntime-gpu finds a GPU)",
     )
     replay.add_argument(
-        "--batch-size", type=positive, help="windows per batch (default: as many as --memory allows, at most 256)"
+        "--batch-size",
+        type=positive,
+        help="windows per batch (default: as many as --memory allows, at most 256, evened out over the workers)",
     )
     replay.add_argument(
         "--memory",

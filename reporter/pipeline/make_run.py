@@ -280,7 +280,8 @@ def make_run(
     replayer.keep_one_session()  # the sampled windows and impulses run on one session; the others' arenas go
     release_memory()  # and so do the batches' buffers, which glibc kept for batches that no longer come
     say(
-        f"replayed {source.n_windows} windows in {result.seconds:.1f} s ({result.windows_per_second:.0f} windows/s, "
+        f"replayed {source.n_windows} windows in {result.seconds:.{1 if result.seconds >= 1 else 2}f} s "
+        f"({result.windows_per_second:.0f} windows/s, "
         f"{result.workers} worker{'s' if result.workers > 1 else ''}, batches of {result.batch_size})"
     )
     names = feature_names(model.layers)

@@ -18,7 +18,7 @@ import re
 
 from reporter.errors import ConfigError
 
-__all__ = ["CAP", "OVERHEAD", "choose_batch", "current_rss", "default_budget", "parse_memory"]
+__all__ = ["CAP", "OVERHEAD", "balanced_batch", "choose_batch", "current_rss", "default_budget", "parse_memory"]
 
 CAP = 256  # windows per batch at most: larger batches measured no faster (`gate-report bench`)
 OVERHEAD = 4.5  # peak ÷ output bytes of a batch in flight; 3.7 measured with every gate transposed (1,024 units)
@@ -52,3 +52,14 @@ def choose_batch(window_bytes: int, workers: int, budget: int, used: int) -> int
     """Windows per batch so that `workers` batches in flight fit in `budget` beyond `used` bytes."""
     per_window = max(1.0, window_bytes * OVERHEAD * workers)
     return int(max(1, min(CAP, (budget - used) // per_window)))
+
+
+def balanced_batch(largest: int, windows: int, workers: int) -> int:
+    """The smallest batch that replays `windows` in as few rounds as batches of `largest` do, a
+    round being one batch per worker. Batches of `largest` leave workers idle when the windows run
+    out early: 128 windows at 256 are one batch on one of two cores, 300 are 256 and 44. The same
+    rounds with smaller batches cost no more and keep every worker busy (`gate-report replay` of
+    256 windows of the 128-unit bench model: 0.26 s at 256, 0.16 s at 128). Never above `largest`,
+    so never over the memory budget that chose it."""
+    rounds = max(1, -(-windows // (largest * workers)))
+    return max(1, min(largest, -(-windows // (workers * rounds))))

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from reporter.errors import ModelError
 from reporter.layers import Layer
 from reporter.replay.anomaly import feature_names, features_from_passes
-from reporter.replay.batch_budget import CAP, choose_batch, current_rss, default_budget
+from reporter.replay.batch_budget import CAP, balanced_batch, choose_batch, current_rss, default_budget
 from reporter.replay.calls import run_calls
 from reporter.replay.feeds import Feeds
 from reporter.replay.gate_moments import StatsConfig
@@ -249,16 +249,17 @@ class Replayer:
         memory: int | None = None,
     ) -> ReplayResult:
         """Replay the windows of `source` with file index in [start, stop) (default: all of them),
-        `batch_size` windows at a time, or as many as fit in `memory` bytes (`batch_for`).
+        `batch_size` windows at a time, or as many as fit in `memory` bytes (`batch_for`), evened out
+        so that each round gives every worker a batch (`balanced_batch`).
 
         A progress bar with windows/s is shown when stderr is a terminal.
         """
-        batch_size = batch_size or self.batch_for(source, memory)
+        kept = source.indices()
+        kept = kept[(kept >= start) & (kept < (source.shape[0] if stop is None else stop))]
+        batch_size = batch_size or balanced_batch(self.batch_for(source, memory), len(kept), self.workers)
         shards = [
             (RunStats(self.layers, self.stats_config), UnitTracks(self.layers, self.vocab)) for _ in range(self.workers)
         ]
-        kept = source.indices()
-        kept = kept[(kept >= start) & (kept < (source.shape[0] if stop is None else stop))]
         rows = _Rows(kept, np.empty((len(kept), len(feature_names(self.layers))), np.float32))
         batches = enumerate(source.batches(batch_size, start, stop))
         lock, failure, turns = threading.Lock(), [], _Turns(len(shards))
