@@ -140,6 +140,14 @@ MUTATIONS = (
         ("tests/test_expose_torch.py", "-x"),
     ),
     Mutation(
+        "gru-gates-swapped",
+        "exact gates (a one-direction GRU, one GEMM per gate block)",
+        "reporter/model/scan_rewrite.py",
+        "        z, r = (body.gate(b.op(",
+        "        r, z = (body.gate(b.op(",
+        ("tests/test_expose_torch.py", "-x", "-k", "GRU"),
+    ),
+    Mutation(
         "decomposed-gates-swapped",
         "exact gates (cells from elementary ops)",
         "reporter/model/cell_patterns.py",
