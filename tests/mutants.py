@@ -145,7 +145,7 @@ MUTATIONS = (
         "reporter/model/scan_rewrite.py",
         "        z, r = (body.gate(b.op(",
         "        r, z = (body.gate(b.op(",
-        ("tests/test_expose_torch.py", "-x", "-k", "GRU"),
+        ("tests/test_expose_torch.py", "tests/test_expose_spec.py", "-x", "-k", "GRU"),
     ),
     Mutation(
         "decomposed-gates-swapped",

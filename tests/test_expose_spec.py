@@ -270,6 +270,9 @@ _add(
     Case("GRU", "reverse", sequence_lens=LENGTHS, batch=3, initial=True, attrs=dict(linear_before_reset=1)),
 )
 _add("GRU-linear_before_reset-1-clip", Case("GRU", attrs=dict(linear_before_reset=1, clip=0.4)))
+# One direction: one GEMM per gate block (`scan_rewrite._blockwise`), each branch of n's.
+_add("GRU-forward-linear_before_reset-1-no-bias", Case("GRU", bias=False, attrs=dict(linear_before_reset=1)))
+_add("GRU-reverse-clip-initial", Case("GRU", "reverse", initial=True, attrs=dict(clip=0.3)))
 
 # Activations, with alpha and beta consumed in order by the activations that take them.
 ACTIVATION_CASES = {

@@ -194,8 +194,9 @@ def _blockwise(spec: RecurrentSpec) -> bool:
     """One GEMM per gate block, in the loop and before it, for a single-direction LSTM or GRU.
 
     Each block's pre-activation then lands in its own tensor: the loop does no per-step split
-    copies, which measured ~10% of a single-threaded exposed LSTM, and onnxruntime fuses each
-    Gemm with the activation after it.
+    copies, which measured ~10% of a single-threaded exposed LSTM, and onnxruntime fuses a Gemm
+    with the activation right after it (without clip: the LSTM's four, the GRU's z and r, and n's
+    when linear_before_reset is 0). The exposed GRU ran 12% faster on one thread, 20% on two.
     """
     return spec.kind in ("LSTM", "GRU") and spec.directions == 1
 

@@ -101,8 +101,8 @@ def _reference_features(reference: Run | None, names: list[str]) -> pd.DataFrame
 
 
 def _in_batches(replayer: Replayer, batch: int):
-    """`replayer.run_batch` for any number of windows, `batch` at a time (the memory budget's
-    batch). An output a layer did not produce on every batch (an `If` branch some windows did
+    """`replayer.run_batch` for any number of windows, `batch` at a time (replay's batch,
+    within the memory budget). An output a layer did not produce on every batch (an `If` branch some windows did
     not take) comes back empty, as if it never ran."""
 
     def run(windows: np.ndarray, indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -185,8 +185,8 @@ def _explanations(replayer: Replayer, traces: dict[str, np.ndarray], typical: di
 
 
 def _impulse(replayer: Replayer, source: WindowSource, settings: RunSettings, batch: int) -> pd.DataFrame:
-    """Impulse-response curves on a seeded sample of windows, run `batch` at a time (the memory
-    budget's batch), keeping only the states and outputs the curves read."""
+    """Impulse-response curves on a seeded sample of windows, run `batch` at a time (replay's
+    batch, within the memory budget), keeping only the states and outputs the curves read."""
     kept = source.indices()
     count = min(settings.impulse_windows, len(kept))
     chosen = np.sort(np.random.default_rng(settings.seed + 1).choice(kept, size=count, replace=False))

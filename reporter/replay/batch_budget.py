@@ -54,12 +54,16 @@ def choose_batch(window_bytes: int, workers: int, budget: int, used: int) -> int
     return int(max(1, min(CAP, (budget - used) // per_window)))
 
 
-def balanced_batch(largest: int, windows: int, workers: int) -> int:
-    """The smallest batch that replays `windows` in as few rounds as batches of `largest` do, a
-    round being one batch per worker. Batches of `largest` leave workers idle when the windows run
-    out early: 128 windows at 256 are one batch on one of two cores, 300 are 256 and 44. The same
+def balanced_batch(largest: int, rows: int, workers: int) -> int:
+    """The smallest batch that cuts `rows` consecutive file rows (batches are cut over rows, and
+    skipped windows dropped from each after) into as few rounds as batches of `largest` do, a round
+    being one batch per worker. Batches of `largest` leave workers idle when the rows run out
+    early: 128 windows at 256 are one batch on one of two workers, 300 are 256 and 44. The same
     rounds with smaller batches cost no more and keep every worker busy (`gate-report replay` of
-    256 windows of the 128-unit bench model: 0.26 s at 256, 0.16 s at 128). Never above `largest`,
-    so never over the memory budget that chose it."""
-    rounds = max(1, -(-windows // (largest * workers)))
-    return max(1, min(largest, -(-windows // (workers * rounds))))
+    256 windows of the 128-unit bench model: 0.26 s at 256, 0.16 s at 128). One worker has no one
+    to share with: it keeps `largest` (on CUDA a smaller batch costs about as much as a full one).
+    Never above `largest`, so never over the memory budget that chose it."""
+    if workers <= 1:
+        return largest
+    rounds = max(1, -(-rows // (largest * workers)))
+    return max(1, min(largest, -(-rows // (workers * rounds))))

@@ -1,8 +1,9 @@
 """Replay sharded over a Dask cluster: an existing one (`--dask tcp://host:8786`) or a local one
 (`--dask local[:N]`, a LocalCluster of N single-thread worker processes).
 
-The windows file is cut into shards of consecutive file indices (whole batches, so every batch
-holds the same windows as in a one-process replay and per-window results are identical). Each
+The windows file is cut into shards of consecutive file indices (whole batches, so with the same
+batch size every batch holds the same windows as in a one-process replay; per-window results are
+identical whatever the batch size). Each
 worker reopens the file (it must be reachable at the same path, as on a shared filesystem),
 replays its shard with onnxruntime, and sends back only what the accumulators hold and one small
 row per window (anomaly features, last-step outputs): never traces. The client merges the shards

@@ -234,12 +234,13 @@ class Replayer:
             return CAP
         return choose_batch(window_bytes, self.workers, budget or default_budget(), current_rss())
 
-    def _first_window(self, source: WindowSource) -> int | None:
-        """Run the first window through the model and the statistics; the bytes of its outputs
-        (None without windows). The statistics kernel compiles on first use (~100 MB while LLVM
-        works, when numba's cache is cold) and loads from that cache in 0.2–0.4 s otherwise: done
-        here, its memory counts as used when the batch is sized, and its time is not replay's."""
-        first = source.indices()[:1]
+    def _first_window(self, source: WindowSource, indices: np.ndarray | None = None) -> int | None:
+        """Run the first window (of `indices`, default all the file keeps) through the model and the
+        statistics; the bytes of its outputs (None without windows). The statistics kernel
+        compiles on first use (~100 MB while LLVM works, when numba's cache is cold) and loads from
+        that cache in 0.2–0.4 s otherwise: done here, its memory counts as used when the batch is
+        sized, and its time is not replay's."""
+        first = (source.indices() if indices is None else indices)[:1]
         if not len(first):
             return None
         outputs = self._run(self._sessions[0], source.take(first), first)
@@ -261,12 +262,13 @@ class Replayer:
 
         A progress bar with windows/s is shown when stderr is a terminal.
         """
+        end = source.shape[0] if stop is None else min(stop, source.shape[0])
         kept = source.indices()
-        kept = kept[(kept >= start) & (kept < (source.shape[0] if stop is None else stop))]
+        kept = kept[(kept >= start) & (kept < end)]
         if batch_size:
-            self._first_window(source)  # as `batch_for` does: the kernel is loaded before the clock starts
+            self._first_window(source, kept)  # as `batch_for` does: the kernel is loaded before the clock starts
         else:
-            batch_size = balanced_batch(self.batch_for(source, memory), len(kept), self.workers)
+            batch_size = balanced_batch(self.batch_for(source, memory), max(0, end - start), self.workers)
         shards = [
             (RunStats(self.layers, self.stats_config), UnitTracks(self.layers, self.vocab)) for _ in range(self.workers)
         ]
