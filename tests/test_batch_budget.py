@@ -111,6 +111,9 @@ def test_a_run_of_fewer_windows_than_a_batch_gives_every_worker_some(tmp_path):
     del ran[:]
     replayer.replay(source, batch_size=CAP, progress=False, start=40, stop=60)
     assert ran == [(40, 1), (40, 20)]  # the warm-up window is the range's first, not the file's
+    del ran[:]
+    replayer.replay(source, progress=False, start=40, stop=60)  # and the one that sizes the batch
+    assert ran[0] == (40, 1) and sorted(n for _, n in ran[1:]) == [10, 10]
 
 
 def test_a_bad_memory_size_is_exit_2_and_one_line(tmp_path, capsys):

@@ -226,10 +226,11 @@ class Replayer:
             if all(outputs[name].shape[0] > 0 for name in layer.outputs.values())
         }
 
-    def batch_for(self, source: WindowSource, budget: int | None = None) -> int:
+    def batch_for(self, source: WindowSource, budget: int | None = None, indices: np.ndarray | None = None) -> int:
         """Windows per batch within `budget` bytes (default: `batch_budget.default_budget`), from
-        what one window's outputs measure when run through the model."""
-        window_bytes = self._first_window(source)
+        what one window's outputs (the first of `indices`, default of the file) measure when run
+        through the model."""
+        window_bytes = self._first_window(source, indices)
         if window_bytes is None:
             return CAP
         return choose_batch(window_bytes, self.workers, budget or default_budget(), current_rss())
@@ -268,7 +269,7 @@ class Replayer:
         if batch_size:
             self._first_window(source, kept)  # as `batch_for` does: the kernel is loaded before the clock starts
         else:
-            batch_size = balanced_batch(self.batch_for(source, memory), max(0, end - start), self.workers)
+            batch_size = balanced_batch(self.batch_for(source, memory, kept), max(0, end - start), self.workers)
         shards = [
             (RunStats(self.layers, self.stats_config), UnitTracks(self.layers, self.vocab)) for _ in range(self.workers)
         ]
