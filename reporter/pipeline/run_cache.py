@@ -1,14 +1,17 @@
 """Reuse a configured run's replay while its checkpoint, windows and settings are unchanged.
 
 The cache key hashes everything that shapes a run: the checkpoint's, windows' and vocabulary's
-sha256, the factory and its arguments, the model's name and version, the run settings, and the versions of
-Gate Reporter and the run schema. A run directory `CACHE/<model>-<version>-<key>` whose
-`run.json` carries that key is loaded instead of replayed; anything else is replayed and saved
-(atomically, by `Run.save`). Old entries of the same model and version are removed after.
+sha256, the factory and its arguments, the model's name and version, the run settings, the versions
+of Gate Reporter and the run schema, and the source of the modules that make a run
+(`code_fingerprint`: after a fix within one version number, or a local edit, runs replay again). A
+run directory `CACHE/<model>-<version>-<key>` whose `run.json` carries that key is loaded instead
+of replayed; anything else is replayed and saved (atomically, by `Run.save`). Old entries of the
+same model and version are removed after.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -29,7 +32,34 @@ from reporter.replay.windows import open_windows_source
 from reporter.runstore import ARRAYS, LATER_ARRAYS, LATER_TABLES, SCHEMA_VERSION, TABLES, Run
 from reporter.vocab import load_vocab
 
-__all__ = ["cache_key", "cached_run"]
+__all__ = ["cache_key", "cached_run", "code_fingerprint", "source_digest"]
+
+
+# Packages whose modules only read finished runs (pages, diffs' pages, the CLI, benchmarks): an edit
+# there leaves every run's numbers as they were, so it does not make the cache replay.
+_READERS_ONLY = ("report", "cli", "bench")
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """sha256 of the installed package's Python source that can shape a run (`source_digest`).
+
+    The package version alone missed a fix made within one version number, and every edit in a
+    working copy: a site rebuilt after one reused runs made by the code before it. Read once per
+    process (about 100 files, a few milliseconds).
+    """
+    return source_digest(Path(__file__).resolve().parent.parent)
+
+
+def source_digest(package: Path) -> str:
+    """sha256 of every `.py` file under `package`, path and bytes, but for `_READERS_ONLY`."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package)
+        if relative.parts[0] in _READERS_ONLY:
+            continue
+        digest.update(relative.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def _feed_identity(value) -> object:
@@ -55,6 +85,7 @@ def cache_key(run: RunConfig, settings: RunSettings) -> str:
         "schema": SCHEMA_VERSION,
         "files": [*TABLES, *LATER_TABLES, *ARRAYS, *LATER_ARRAYS],  # a run that records more is replayed again
         "gate_reporter": metadata.version("gate-reporter"),
+        "code": code_fingerprint(),
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
