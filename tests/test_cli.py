@@ -113,6 +113,9 @@ def run_cli(*args, cwd):
             "bad.npz: no array named 'x'; it has y",
         ),
         (lambda p: ["build", "--config", str(p / "missing.toml")], "missing.toml: no such file"),
+        (lambda p: ["build", str(p / "missing.toml")], "missing.toml: no such file"),
+        (lambda p: ["build", str(p)], "is a folder; give a site config (.toml), or run folders with --runs"),
+        (lambda p: ["build", str(p / "a.toml"), "--config", str(p / "b.toml")], "build: two site configs given"),
     ],
 )
 def test_bad_input_is_exit_2_with_one_line(tmp_path, make_args, message):
@@ -196,6 +199,9 @@ def test_a_config_with_only_a_site_table_builds_the_given_runs(tmp_path, capsys)
     assert "Only a site" in (tmp_path / "built" / "index.html").read_text()
     assert main(["build", "--config", str(config)]) == 2
     assert "reporter.toml: no [[runs]] table and no --runs RUN_DIR: nothing to build" in capsys.readouterr().err
+    config.write_text('[site]\ntitle = "Named on the line"\noutput = "positional"\n')
+    assert main(["build", str(config), "--runs", str(run)]) == 0  # the config as a positional argument
+    assert "Named on the line" in (tmp_path / "positional" / "index.html").read_text()
 
 
 def _umask() -> int:

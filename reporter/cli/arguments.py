@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     build = subcommands.add_parser(
         "build", help="build the static site from reporter.toml", description=commands.run_build.__doc__
     )
+    build.add_argument(
+        "config_file", type=Path, nargs="?", metavar="CONFIG", help="site config, as with --config (either, not both)"
+    )
     build.add_argument("--config", type=Path, help="site config (default reporter.toml, unless only --runs are given)")
     build.add_argument("--runs", type=Path, nargs="+", metavar="RUN_DIR", help="add run directories made by replay")
     build.add_argument("-o", "--output", type=Path, help="output folder (default: [site] output in the config)")

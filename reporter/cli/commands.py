@@ -200,8 +200,13 @@ def run_build(args: argparse.Namespace) -> int:
     from reporter.config import load_config
     from reporter.pipeline.build import build
 
-    only_runs = args.config is None and args.runs
-    config = None if only_runs else load_config(args.config or Path("reporter.toml"))
+    if args.config_file is not None and args.config is not None:
+        raise ReporterError(f"build: two site configs given ({args.config_file} and --config {args.config}); give one")
+    chosen = args.config_file if args.config_file is not None else args.config
+    if chosen is not None and chosen.is_dir():
+        raise ReporterError(f"{chosen}: is a folder; give a site config (.toml), or run folders with --runs")
+    only_runs = chosen is None and args.runs
+    config = None if only_runs else load_config(chosen or Path("reporter.toml"))
     output = build(
         config, args.output, run_dirs=args.runs or (), progress=lambda line: print(line, file=sys.stderr, flush=True)
     )
