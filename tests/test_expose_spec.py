@@ -270,7 +270,7 @@ _add(
     Case("GRU", "reverse", sequence_lens=LENGTHS, batch=3, initial=True, attrs=dict(linear_before_reset=1)),
 )
 _add("GRU-linear_before_reset-1-clip", Case("GRU", attrs=dict(linear_before_reset=1, clip=0.4)))
-# One direction: one GEMM per gate block (`scan_rewrite._blockwise`), each branch of n's.
+# One GEMM per gate block (`scan_rewrite._gru_step`), each branch of n's, in a one-direction pass.
 _add("GRU-forward-linear_before_reset-1-no-bias", Case("GRU", bias=False, attrs=dict(linear_before_reset=1)))
 _add("GRU-reverse-clip-initial", Case("GRU", "reverse", initial=True, attrs=dict(clip=0.3)))
 
