@@ -34,7 +34,7 @@ from reporter.errors import CheckpointError
 from reporter.model.placeholder_pickle import load_with_placeholders
 from reporter.provenance import file_sha256
 
-__all__ = ["KINDS", "LoadedCheckpoint", "import_factory", "load_checkpoint"]
+__all__ = ["KINDS", "LoadedCheckpoint", "cwd_on_sys_path", "import_factory", "load_checkpoint"]
 
 KINDS = ("state_dict", "lightning", "torchscript", "pickled_module", "onnx")
 _SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -75,7 +75,7 @@ def import_factory(spec: str) -> Callable[..., torch.nn.Module]:
     if not isinstance(spec, str) or not _SPEC.match(spec):
         raise CheckpointError(f"factory {spec!r}: expected 'package.module:function'")
     module_name, attribute = spec.split(":")
-    with _cwd_on_sys_path():
+    with cwd_on_sys_path():
         try:
             target = importlib.import_module(module_name)
         except Exception as exc:
@@ -90,7 +90,7 @@ def import_factory(spec: str) -> Callable[..., torch.nn.Module]:
 
 
 @contextmanager
-def _cwd_on_sys_path() -> Iterator[None]:
+def cwd_on_sys_path() -> Iterator[None]:
     """Let users name modules of the repo they run from, as `python -m` does."""
     cwd = os.getcwd()
     sys.path.insert(0, cwd)
@@ -214,7 +214,7 @@ def _load_pickled(path: Path, code: str, factory: str | None, trust_pickle: bool
     its tensors, every other object left as an inert placeholder (`placeholder_pickle`)."""
     if trust_pickle:
         try:
-            with _cwd_on_sys_path():
+            with cwd_on_sys_path():
                 return _torch_load(path, weights_only=False)
         except CheckpointError:
             if factory is None:

@@ -1,9 +1,11 @@
 """Reuse a configured run's replay while its checkpoint, windows and settings are unchanged.
 
-The cache key hashes everything that shapes a run: the checkpoint's, windows' and vocabulary's
-sha256, the factory and its arguments, the model's name and version, the run settings, the versions
-of Gate Reporter and the run schema, and the source of the modules that make a run
-(`code_fingerprint`: after a fix within one version number, or a local edit, runs replay again). A
+The cache key hashes what shapes a run's numbers: the checkpoint's, windows' and vocabulary's
+sha256, the factory, its arguments and the file of the module that defines it, the model's name and
+version, the run settings, the versions of Gate Reporter, onnxruntime, onnx, torch, numpy and pandas
+and of the run schema, and the source of Gate Reporter's modules that make a run
+(`code_fingerprint`: after a fix within one version number, or a local edit, runs replay again).
+Not followed: modules the factory's module imports in turn, and which provider `auto` picks. A
 run directory `CACHE/<model>-<version>-<key>` whose `run.json` carries that key is loaded instead
 of replayed; anything else is replayed and saved (atomically, by `Run.save`). Old entries of the
 same model and version are removed after.
@@ -13,31 +15,34 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 
 from reporter.config import RunConfig
 from reporter.errors import RunError
+from reporter.model.checkpoints import cwd_on_sys_path
 from reporter.names import slug
 from reporter.pipeline.make_run import RunSettings, make_run, with_vocab
 from reporter.pipeline.model_source import ModelRecipe, exposed_model, input_names
-from reporter.provenance import file_sha256
+from reporter.provenance import file_sha256, package_versions
 from reporter.replay.feeds import feed_value, plan_feeds, windows_key
 from reporter.replay.windows import open_windows_source
 from reporter.runstore import ARRAYS, LATER_ARRAYS, LATER_TABLES, SCHEMA_VERSION, TABLES, Run
 from reporter.vocab import load_vocab
 
-__all__ = ["cache_key", "cached_run", "code_fingerprint", "source_digest"]
+__all__ = ["cache_key", "cached_run", "code_fingerprint", "factory_source", "source_digest"]
 
 
-# Packages whose modules only read finished runs (pages, diffs' pages, the CLI, benchmarks): an edit
-# there leaves every run's numbers as they were, so it does not make the cache replay.
-_READERS_ONLY = ("report", "cli", "bench")
+# Packages whose modules only read finished runs (pages, diffs' pages, the CLI, benchmarks) or
+# hold none (`templates`, a package in the wheel only): an edit there leaves every run's numbers as
+# they were, so it does not make the cache replay.
+_READERS_ONLY = ("report", "cli", "bench", "templates")
 
 
 @functools.cache
@@ -46,7 +51,7 @@ def code_fingerprint() -> str:
 
     The package version alone missed a fix made within one version number, and every edit in a
     working copy: a site rebuilt after one reused runs made by the code before it. Read once per
-    process (about 100 files, a few milliseconds).
+    process (about 60 files, a few milliseconds).
     """
     return source_digest(Path(__file__).resolve().parent.parent)
 
@@ -60,6 +65,27 @@ def source_digest(package: Path) -> str:
             continue
         digest.update(relative.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def factory_source(factory: str | None) -> str | None:
+    """sha256 of the file that defines the factory's module, found where `import_factory` looks
+    (the working folder first) and not run when it is not imported yet; None when there is none.
+
+    A model's code changes without its checkpoint (a rescaled input, a fixed forward): the run
+    must then be replayed. Modules that file imports in turn are not followed.
+    """
+    module = factory.split(":", 1)[0] if factory and ":" in factory else None
+    if not module:
+        return None
+    origin = getattr(sys.modules.get(module), "__file__", None)
+    if origin is None:
+        with cwd_on_sys_path():
+            try:
+                spec = importlib.util.find_spec(module)
+            except Exception:  # noqa: BLE001 - a parent package that fails to import: replay reports it
+                return None
+        origin = spec.origin if spec is not None else None
+    return file_sha256(origin) if origin and Path(origin).is_file() else None
 
 
 def _feed_identity(value) -> object:
@@ -76,6 +102,7 @@ def cache_key(run: RunConfig, settings: RunSettings) -> str:
         "windows": file_sha256(run.windows),
         "factory": run.factory,
         "factory_kwargs": run.factory_kwargs,
+        "factory_source": factory_source(run.factory),
         "feed": {name: _feed_identity(value) for name, value in run.feed.items()},
         "carry": run.carry,
         "vocab": file_sha256(run.vocab) if run.vocab else None,
@@ -84,7 +111,7 @@ def cache_key(run: RunConfig, settings: RunSettings) -> str:
         "settings": {key: str(value) for key, value in asdict(settings).items()},
         "schema": SCHEMA_VERSION,
         "files": [*TABLES, *LATER_TABLES, *ARRAYS, *LATER_ARRAYS],  # a run that records more is replayed again
-        "gate_reporter": metadata.version("gate-reporter"),
+        "packages": package_versions(),  # Gate Reporter's among them
         "code": code_fingerprint(),
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
