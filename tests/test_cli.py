@@ -116,6 +116,11 @@ def run_cli(*args, cwd):
         (lambda p: ["build", str(p / "missing.toml")], "missing.toml: no such file"),
         (lambda p: ["build", str(p)], "is a folder; give a site config (.toml), or run folders with --runs"),
         (lambda p: ["build", str(p / "a.toml"), "--config", str(p / "b.toml")], "build: two site configs given"),
+        (lambda p: ["build", str(p / ("a" * 300 + ".toml"))], "cannot read"),  # a name the system refuses
+        (
+            lambda p: ["build", "--runs", str(p), str(p / "a.toml")],
+            "a.toml: a site config among the --runs folders; give it before --runs, or with --config",
+        ),
     ],
 )
 def test_bad_input_is_exit_2_with_one_line(tmp_path, make_args, message):

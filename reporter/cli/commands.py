@@ -203,8 +203,13 @@ def run_build(args: argparse.Namespace) -> int:
     if args.config_file is not None and args.config is not None:
         raise ReporterError(f"build: two site configs given ({args.config_file} and --config {args.config}); give one")
     chosen = args.config_file if args.config_file is not None else args.config
-    if chosen is not None and chosen.is_dir():
+    if chosen is not None and _is_folder(chosen):
         raise ReporterError(f"{chosen}: is a folder; give a site config (.toml), or run folders with --runs")
+    for run_dir in args.runs or ():
+        if run_dir.suffix.lower() == ".toml" and not _is_folder(run_dir):
+            raise ReporterError(
+                f"{run_dir}: a site config among the --runs folders; give it before --runs, or with --config"
+            )
     only_runs = chosen is None and args.runs
     config = None if only_runs else load_config(chosen or Path("reporter.toml"))
     output = build(
@@ -212,6 +217,15 @@ def run_build(args: argparse.Namespace) -> int:
     )
     print(f"built {output / 'index.html'}")
     return 0
+
+
+def _is_folder(path: Path) -> bool:
+    """Whether `path` is a folder; False where the system cannot say (a name too long, no access),
+    so that reading it names the problem in one line."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def _thresholds(args: argparse.Namespace) -> dict[str, float]:
