@@ -141,10 +141,10 @@ MUTATIONS = (
     ),
     Mutation(
         "gru-gates-swapped",
-        "exact gates (a one-direction GRU, one GEMM per gate block)",
+        "exact gates (the GRU: one GEMM per gate block, each direction its own pass)",
         "reporter/model/scan_rewrite.py",
-        "        z, r = (body.gate(b.op(",
-        "        r, z = (body.gate(b.op(",
+        "    z, r = (body.gate(b.op(",
+        "    r, z = (body.gate(b.op(",
         ("tests/test_expose_torch.py", "tests/test_expose_spec.py", "-x", "-k", "GRU"),
     ),
     Mutation(
