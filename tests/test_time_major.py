@@ -14,6 +14,7 @@ import torch
 from reporter.pipeline.model_source import ModelRecipe, exposed_model
 from reporter.replay.runner import Replayer
 from reporter.replay.stats import RunStats
+from reporter.replay.time_major import skip_final_transposes
 from reporter.replay.windows import open_windows_source
 from tests.tiny_models import tiny_mixed
 
@@ -53,6 +54,65 @@ def test_replay_hands_on_the_exposed_models_values_from_time_major_gates(mixed):
         assert got[name].flags.c_contiguous, name
 
 
+def test_each_time_major_gate_is_written_by_the_node_that_computes_it(mixed):
+    """No Identity or Unsqueeze between a gate's Scan (or h's Mul) and its graph output:
+    onnxruntime would copy the whole trace into the output (18 of 166 ms per batch of the
+    2 × 128-unit bench model)."""
+    model, _ = mixed
+    runnable, time_major = skip_final_transposes(model.exposed, model.layers)
+    producer = {name: node for node in runnable.graph.node for name in node.output}
+    one = _gate_names(model, 1)
+    assert time_major == one
+    assert {name: producer[name].op_type for name in one} == {
+        name: "Mul" if name.endswith("/h") else "Scan" for name in one
+    }
+    exposed = {name: node for node in model.exposed.graph.node for name in node.output}
+    for name in _gate_names(model, 2):  # two directions: as the exposed model writes them
+        assert producer[name] == exposed[name], name
+
+
+def test_a_scan_output_a_subgraph_reads_keeps_its_name(mixed):
+    """A tensor an `If` branch reads by name is not renamed: that gate keeps its Unsqueeze, and
+    every value is still the exposed model's."""
+    model, x = mixed
+    runnable, _ = skip_final_transposes(model.exposed, model.layers)
+    producer = {name: node for node in runnable.graph.node for name in node.output}
+    gate = next(name for name in sorted(_gate_names(model, 1)) if producer[name].op_type == "Scan")
+    edited = onnx.ModelProto()
+    edited.CopyFrom(model.exposed)
+    exposed_producer = {name: node for node in edited.graph.node for name in node.output}
+    source = gate
+    while exposed_producer[source].op_type != "Scan":
+        source = exposed_producer[source].input[0]
+    _read_in_a_branch(edited, source)
+    session = ort.InferenceSession(edited.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x})))
+    kept, _ = skip_final_transposes(edited, model.layers)
+    assert {node.output[0]: node.op_type for node in kept.graph.node}[gate] != "Scan"
+    got = Replayer(edited, model.layers, workers=1).run_batch(x)
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def _read_in_a_branch(model: onnx.ModelProto, read: str) -> None:
+    """Add an `If` whose branches read the tensor `read` by name, and its output `probe`."""
+    branch = [
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", [read], [f"{side}_out"])],
+            side,
+            [],
+            [onnx.helper.make_tensor_value_info(f"{side}_out", onnx.TensorProto.FLOAT, None)],
+        )
+        for side in ("then", "else")
+    ]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(True), "always"))
+    model.graph.node.append(
+        onnx.helper.make_node("If", ["always"], ["probe"], then_branch=branch[0], else_branch=branch[1])
+    )
+    model.graph.output.append(onnx.helper.make_tensor_value_info("probe", onnx.TensorProto.FLOAT, None))
+
+
 def test_statistics_of_time_major_gates_equal_those_of_batch_major_copies(mixed):
     """The kernel reads the views in place and the copies after a transpose: the same rows in the
     same order, so every statistic is bit for bit the same."""
@@ -81,20 +141,7 @@ def test_a_gate_a_subgraph_reads_stays_as_the_exposed_model_writes_it(mixed):
     read = sorted(_gate_names(model, 1))[0]
     edited = onnx.ModelProto()
     edited.CopyFrom(model.exposed)
-    branch = [
-        onnx.helper.make_graph(
-            [onnx.helper.make_node("Identity", [read], [f"{side}_out"])],
-            side,
-            [],
-            [onnx.helper.make_tensor_value_info(f"{side}_out", onnx.TensorProto.FLOAT, None)],
-        )
-        for side in ("then", "else")
-    ]
-    edited.graph.initializer.append(onnx.numpy_helper.from_array(np.array(True), "always"))
-    edited.graph.node.append(
-        onnx.helper.make_node("If", ["always"], ["probe"], then_branch=branch[0], else_branch=branch[1])
-    )
-    edited.graph.output.append(onnx.helper.make_tensor_value_info("probe", onnx.TensorProto.FLOAT, None))
+    _read_in_a_branch(edited, read)
     session = ort.InferenceSession(edited.SerializeToString(), providers=["CPUExecutionProvider"])
     want = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x})))
     got = Replayer(edited, model.layers, workers=1).run_batch(x)
