@@ -183,8 +183,8 @@ MUTATIONS = (
         "time-major-axes",
         "statistics are exact (time-major gates)",
         "reporter/replay/time_major.py",
-        "return value.transpose(_TO_BATCH_MAJOR)",
-        "return value.transpose([2, 1, 0, 3])",
+        "else value).transpose(_TO_BATCH_MAJOR)",
+        "else value).transpose([2, 1, 0, 3])",
         ("tests/test_time_major.py", "-x"),
     ),
     Mutation(

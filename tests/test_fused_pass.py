@@ -9,7 +9,7 @@ import pytest
 
 from reporter.layers import FAMILY_RANGES, SATURATION, Layer
 from reporter.replay.anomaly import FEATURES, _one_gate
-from reporter.replay.fused_pass import gate_pass
+from reporter.replay.fused_pass import SHORT_ROW, gate_pass
 from reporter.replay.gate_moments import StatsConfig
 from reporter.replay.timestep_stats import Bins
 from tests import stats_reference
@@ -92,23 +92,26 @@ def test_fused_window_features_equal_the_numpy_features(family, steps, specials)
     np.testing.assert_allclose(fused, expected, rtol=2e-5, atol=2e-6)
 
 
-def test_fused_peaks_are_numpys_argmax_and_argmin_per_window_and_unit():
+@pytest.mark.parametrize("directions, hidden", [(2, 3), (1, 40)], ids=["step-wide", "row-by-row"])
+def test_fused_peaks_are_numpys_argmax_and_argmin_per_window_and_unit(directions, hidden):
+    """Short rows (≤ `SHORT_ROW` units) fold their peaks a step at a time, longer ones row by row."""
     rng = np.random.default_rng(5)
-    trace = np.round(rng.uniform(-1, 1, (7, 9, 2, 3)), 1).astype(np.float32)  # ties on a coarse grid
+    trace = np.round(rng.uniform(-1, 1, (7, 9, directions, hidden)), 1).astype(np.float32)  # ties on a coarse grid
     trace[rng.random(trace.shape) < 0.1] = np.nan
     trace[rng.random(trace.shape) < 0.05] = np.inf
     trace[rng.random(trace.shape) < 0.05] = -np.inf
-    trace[2, :, 1, 2] = np.nan
-    trace[3, :, 0, 1] = -np.inf  # no highest step but the first, and the lowest is −inf
-    trace[4, :, 1, 0] = np.inf
+    x = trace.reshape(7, 9, directions * hidden)  # a view: the edits below are the trace's
+    x[2, :, 5] = np.nan
+    x[3, :, 1] = -np.inf  # no highest step but the first, and the lowest is −inf
+    x[4, :, 3] = np.inf
     up, up_t, down, down_t = gate_pass(trace, Bins(-1.0, 1.0, 64), -0.9, 0.9, peaks=True).peaks
-    x = trace.reshape(7, 9, 6)
     scored = np.where(np.isnan(x), -np.inf, x)
     np.testing.assert_array_equal(up_t, scored.argmax(axis=1))
     np.testing.assert_array_equal(up, scored.max(axis=1))
     low = np.where(np.isnan(x), np.inf, x)
     np.testing.assert_array_equal(down_t, low.argmin(axis=1))
     np.testing.assert_array_equal(down, low.min(axis=1))
+    assert (directions * hidden <= SHORT_ROW) == (hidden == 3)
 
 
 def test_replay_statistics_are_the_same_through_the_fused_pass_and_the_reference(monkeypatch):
