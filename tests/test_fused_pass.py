@@ -138,6 +138,22 @@ def test_replay_statistics_are_the_same_through_the_fused_pass_and_the_reference
     np.testing.assert_allclose(a["std"], b["std"], rtol=1e-9)
 
 
+def test_bins_far_from_zero_are_counted_in_float64():
+    """Bin edges float32 cannot hold (lo = 2²⁵ on a grid of 1: the clip edge 2²⁵ − 1 rounds to
+    2²⁵ in float32) are counted in float64: per unit, as float64 arithmetic bins each value."""
+    rng = np.random.default_rng(9)
+    bins = Bins(2.0**25, 2.0**25 + 64, 64)
+    trace = (2.0**25 + rng.integers(-8, 72, (6, 7, 1, 9))).astype(np.float32)  # a grid of 4 at 2²⁵
+    x = trace.astype(np.float64).reshape(-1, 9)
+    inside = np.minimum(np.floor((x - bins.lo) / bins.width), bins.count - 1) + 1
+    cell = np.where(x < bins.lo, 0, np.where(x > bins.hi, bins.count + 1, inside)).astype(int)
+    want = np.stack([np.bincount(cell[:, u], minlength=bins.count + 2) for u in range(9)])
+    assert want[:, 0].sum() > 0 and want[:, -1].sum() > 0 and want[:, -2].sum() > 0  # under, over, hi itself
+    fused = gate_pass(trace, bins, 2.0**25, 2.0**25 + 32)
+    np.testing.assert_array_equal(fused.moments["hist"], want)
+    np.testing.assert_array_equal(stats_reference.gate_update(trace, bins, 2.0**25, 2.0**25 + 32)[0]["hist"], want)
+
+
 def test_wide_counters_give_the_same_statistics(monkeypatch):
     """Counters are int32 within a batch of fewer than 2³¹ values and int64 beyond: forced wide
     here, every output is the same."""

@@ -74,7 +74,8 @@ class Bins:
         `extent`, the (min, max) of `x` if the caller knows it, spares a scan for out-of-range values.
         """
         scale = self.count / (self.hi - self.lo)  # a power of two: x * scale and floor are exact,
-        work = np.float32 if scale >= 1 else np.float64  # but scaling down float32 loses subnormals
+        # but scaling down float32 loses subnormals, and float32 cannot hold edges beyond 2²⁴
+        work = np.float32 if scale >= 1 and max(abs(self.lo * scale - 1), abs(self.hi * scale)) <= 2**24 else np.float64
         with np.errstate(over="ignore", invalid="ignore"):
             y = np.multiply(x, work(scale), dtype=work)
             np.floor(y, out=y)
