@@ -236,16 +236,23 @@ class Replayer:
         return choose_batch(window_bytes, self.workers, budget or default_budget(), current_rss())
 
     def _first_window(self, source: WindowSource, indices: np.ndarray | None = None) -> int | None:
-        """Run the first window (of `indices`, default all the file keeps) through the model and the
-        statistics; the bytes of its outputs (None without windows). The statistics kernel
-        compiles on first use (~100 MB while LLVM works, when numba's cache is cold) and loads from
-        that cache in 0.2–0.4 s otherwise: done here, its memory counts as used when the batch is
-        sized, and its time is not replay's."""
+        """Run the first window (of `indices`, default all the file keeps) through the model, the
+        statistics and the unit tracks, as a batch is; the bytes of its outputs (None without
+        windows). The compiled kernels (`fused_pass`, `top_rows`) compile on first use (~100 MB
+        while LLVM works, and 3 s, when numba's cache is cold, as after an install) and load from
+        that cache in 0.2–0.4 s otherwise: done here, their memory counts as used when the batch is
+        sized, and their time is not replay's. Folding the window twice merges the tracks as the
+        shards' batches are merged, which is `top_rows`' second signature."""
         first = (source.indices() if indices is None else indices)[:1]
         if not len(first):
             return None
-        outputs = self._run(self._sessions[0], source.take(first), first)
-        RunStats(self.layers, self.stats_config).parts(self.gates(outputs), extras=True)
+        windows = source.take(first)
+        outputs = self._run(self._sessions[0], windows, first)
+        shard = (RunStats(self.layers, self.stats_config), UnitTracks(self.layers, self.vocab))
+        rows = _Rows(first, np.empty((1, len(feature_names(self.layers))), np.float32))
+        _, tracked = self._batch_states(shard, rows, first, windows, outputs)
+        for _ in range(2):
+            shard[1].fold(tracked)
         return sum(value.nbytes for value in outputs.values())
 
     def replay(
