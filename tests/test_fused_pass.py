@@ -154,6 +154,11 @@ def test_bins_far_from_zero_are_counted_in_float64():
     np.testing.assert_array_equal(stats_reference.gate_update(trace, bins, 2.0**25, 2.0**25 + 32)[0]["hist"], want)
 
 
+def test_more_cells_than_float32_counts_exactly_are_refused():
+    with pytest.raises(ValueError, match="2²⁴"):
+        gate_pass(np.zeros((1, 2, 1, 3), np.float32), Bins(0.0, 1.0, 2**24), 0.1, 0.9)
+
+
 def test_wide_counters_give_the_same_statistics(monkeypatch):
     """Counters are int32 within a batch of fewer than 2³¹ values and int64 beyond: forced wide
     here, every output is the same."""

@@ -375,6 +375,9 @@ def test_traces_that_do_not_fit_the_layer_are_clear_errors():
 def test_config_refuses_inexact_bins_and_unknown_families():
     with pytest.raises(ConfigError, match="power of two"):
         StatsConfig(bins=50)
+    with pytest.raises(ConfigError, match="from 2 to 65536"):
+        StatsConfig(bins=2**17)  # a power of two, but more than the kernel counts exactly in float32
+    assert StatsConfig(bins=2**16).bins == 2**16
     with pytest.raises(ConfigError, match="unknown value families"):
         StatsConfig(saturation={"relu": (0.0, 1.0)})
     with pytest.raises(ConfigError, match="cannot merge"):

@@ -235,6 +235,8 @@ def gate_pass(
     x = _time_major_rows(trace)
     steps, batch, units = x.shape
     cells = bins.count + 2
+    if cells > 2**24:  # a cell's index goes through float32 (`StatsConfig` allows 2¹⁶ bins)
+        raise ValueError(f"{bins.count} bins: at most 2²⁴ − 2 are counted exactly")
     scale = bins.count / (bins.hi - bins.lo)  # a power of two: products and floors are exact
     counter = np.int32 if x.size < INT32_COUNTS else np.int64  # no count within a batch passes x.size
     out = (

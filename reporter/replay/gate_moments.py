@@ -31,6 +31,9 @@ from reporter.replay.timestep_stats import Bins
 __all__ = ["GateMoments", "StatsConfig", "check_shape", "gate_update", "memory_horizon", "merge_moments"]
 
 
+MAX_BINS = 2**16  # per unit and gate: more is memory, not resolution anyone reads (and `fused_pass` counts in float32)
+
+
 @dataclass(frozen=True)
 class StatsConfig:
     """Histogram resolution (a power of two, for exact bins) and saturation thresholds per family."""
@@ -39,9 +42,10 @@ class StatsConfig:
     saturation: Mapping[str, tuple[float, float]] = field(default_factory=lambda: dict(SATURATION))
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.bins, int) and self.bins >= 2 and self.bins & (self.bins - 1) == 0):
+        if not (isinstance(self.bins, int) and 2 <= self.bins <= MAX_BINS and self.bins & (self.bins - 1) == 0):
             raise ConfigError(
-                f"histogram bins must be a power of two (2, 4, ..., 64, ...) so binning is exact, got {self.bins!r}"
+                f"histogram bins must be a power of two from 2 to {MAX_BINS} (2, 4, ..., 64, ...) so binning "
+                f"is exact, got {self.bins!r}"
             )
         unknown = set(self.saturation) - set(FAMILY_RANGES)
         if unknown:

@@ -12,7 +12,8 @@ statistics kernel, which walks a trace step by step, reads the time-major rows i
 directions) are left as they are.
 
 Each such output is then written by the node that computes it (`_write_in_place`): the Scan for a
-gate, the Mul for h. onnxruntime copies a tensor into a graph output when an Unsqueeze or Identity
+gate of a forward layer without sequence lengths, the Mul for its h (a reverse layer's Slice, a
+masked layer's Where). onnxruntime copies a tensor into a graph output when an Unsqueeze or Identity
 stands between them (it aliases neither into a graph output), 12 copies of a whole trace per batch
 of the 2 × 128-unit bench model, 18 of its 166 ms on one core (onnxruntime's profiler). The Scan's
 `[time, batch, hidden]` output gets the direction axis back as a view (`batch_major`).
@@ -109,7 +110,8 @@ def _write_in_place(graph: onnx.GraphProto, names: set[str]) -> set[str]:
             chain.append(node)
             source = node.input[0]
             node = producer.get(source)
-        if node is None or source == name or source in outputs or source in inner or name in inner:
+        axes = sum(node.op_type == "Unsqueeze" for node in chain)  # `batch_major` restores one axis
+        if node is None or source == name or source in outputs or source in inner or name in inner or axes > 1:
             continue
         last = producer[name]
         last.output[:] = [f"{name}/unread" if out == name else out for out in last.output]

@@ -74,8 +74,9 @@ class Bins:
         `extent`, the (min, max) of `x` if the caller knows it, spares a scan for out-of-range values.
         """
         scale = self.count / (self.hi - self.lo)  # a power of two: x * scale and floor are exact,
-        # but scaling down float32 loses subnormals, and float32 cannot hold edges beyond 2²⁴
-        work = np.float32 if scale >= 1 and max(abs(self.lo * scale - 1), abs(self.hi * scale)) <= 2**24 else np.float64
+        # but scaling down float32 loses subnormals, and float32 holds no edge or cell beyond 2²⁴
+        exact32 = max(abs(self.lo * scale - 1), abs(self.hi * scale), self.count + 2) <= 2**24
+        work = np.float32 if scale >= 1 and exact32 else np.float64
         with np.errstate(over="ignore", invalid="ignore"):
             y = np.multiply(x, work(scale), dtype=work)
             np.floor(y, out=y)
