@@ -257,8 +257,7 @@ def gate_pass(
     lanes = np.zeros((0 if tabled else 4, cells), counter)
     low32, high32 = float32_threshold(low, below=True), float32_threshold(high, below=False)
     edges = (bins.lo * scale - 1, bins.hi * scale, np.float32(bins.hi))  # clip range of floor(x·scale), and hi
-    # float32 binning is exact when scaling up (down would lose subnormals) and float32 holds the edges
-    narrow = scale >= 1 and max(abs(edges[0]), abs(edges[1])) <= 2**24
+    narrow = bins.exact_in_float32
     with np.errstate(invalid="ignore", over="ignore"):
         shift = _kernel(x, scale, narrow, *edges, low32, high32, peaks, table, lanes, out)
         s1, s2, smallest, largest, n_low, n_high, hist_u, step_total, hist_t, feats = out[:10]

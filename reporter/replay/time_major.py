@@ -110,7 +110,7 @@ def _write_in_place(graph: onnx.GraphProto, names: set[str]) -> set[str]:
             chain.append(node)
             source = node.input[0]
             node = producer.get(source)
-        axes = sum(node.op_type == "Unsqueeze" for node in chain)  # `batch_major` restores one axis
+        axes = sum(step.op_type == "Unsqueeze" for step in chain)  # `batch_major` restores one axis
         if node is None or source == name or source in outputs or source in inner or name in inner or axes > 1:
             continue
         last = producer[name]

@@ -59,6 +59,14 @@ class Bins:
         return (self.hi - self.lo) / self.count
 
     @property
+    def exact_in_float32(self) -> bool:
+        """Whether float32 bins exactly: scaling float32 values down would lose subnormals, and
+        float32 holds no clip edge (lo·scale − 1, hi·scale) or cell index beyond 2²⁴. `index` and
+        the compiled pass (`fused_pass`) both bin in float32 only then."""
+        scale = self.count / (self.hi - self.lo)
+        return scale >= 1 and max(abs(self.lo * scale - 1), abs(self.hi * scale), self.count + 2) <= 2**24
+
+    @property
     def edges(self) -> np.ndarray:
         """The `count + 1` bin edges (exact: they lie on a power-of-two grid)."""
         return self.lo + self.width * np.arange(self.count + 1)
@@ -73,10 +81,8 @@ class Bins:
 
         `extent`, the (min, max) of `x` if the caller knows it, spares a scan for out-of-range values.
         """
-        scale = self.count / (self.hi - self.lo)  # a power of two: x * scale and floor are exact,
-        # but scaling down float32 loses subnormals, and float32 holds no edge or cell beyond 2²⁴
-        exact32 = max(abs(self.lo * scale - 1), abs(self.hi * scale), self.count + 2) <= 2**24
-        work = np.float32 if scale >= 1 and exact32 else np.float64
+        scale = self.count / (self.hi - self.lo)  # a power of two: x * scale and floor are exact
+        work = np.float32 if self.exact_in_float32 else np.float64
         with np.errstate(over="ignore", invalid="ignore"):
             y = np.multiply(x, work(scale), dtype=work)
             np.floor(y, out=y)
