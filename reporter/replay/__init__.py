@@ -4,7 +4,8 @@
     feeds, carry    where every model input comes from; a streaming model's state
     calls           a batch of windows as one call, one per chunk (state carried) or one per window
     sessions        onnxruntime sessions: provider, CPU/CUDA, IO binding
-    runner          sessions over batches, folding each into accumulators
+    runner          sessions over batches, folding each into accumulators (held_signals: Ctrl-C
+                    waits until every worker has started)
     time_major      replay's copy of the exposed model: gates left as the Scan writes them
     dask_shards     the same, sharded over a Dask cluster
     gate_moments    the mergeable per-unit accumulator and its one-pass update

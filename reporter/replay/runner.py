@@ -34,6 +34,7 @@ from reporter.replay.batch_budget import CAP, balanced_batch, choose_batch, curr
 from reporter.replay.calls import run_calls
 from reporter.replay.feeds import Feeds
 from reporter.replay.gate_moments import StatsConfig
+from reporter.replay.held_signals import signals_held
 from reporter.replay.sessions import open_session, run_bound, tune_allocator
 from reporter.replay.stats import RunStats
 from reporter.replay.time_major import batch_major, skip_final_transposes
@@ -147,7 +148,8 @@ class _Turns:
 def _finish(threads: list[threading.Thread]) -> None:
     """Wait for workers told to stop. A worker left inside onnxruntime while the interpreter shuts
     down aborts the process ("terminate called without an active exception", exit -6 instead of
-    130), so an interrupted replay returns only once every session call has ended."""
+    130), so an interrupted replay returns only once every session call has ended. Workers start
+    under `signals_held`, so each one running counts as alive here."""
     for thread in threads:
         if thread.is_alive():
             thread.join()
@@ -301,8 +303,9 @@ class Replayer:
             for session in self._sessions
         ]
         try:
-            for thread in threads:
-                thread.start()
+            with signals_held():  # a Ctrl-C amid `start` would leave a worker `_finish` cannot see
+                for thread in threads:
+                    thread.start()
             for thread in threads:
                 while thread.is_alive():
                     thread.join(0.2)  # short joins keep Ctrl-C responsive
