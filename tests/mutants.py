@@ -174,7 +174,7 @@ MUTATIONS = (
     Mutation(
         "nan-binned-low",
         "statistics are exact (the fused pass)",
-        "reporter/replay/fused_pass.py",
+        "reporter/replay/pass_kernels.py",
         "k[u] = over if v != v else",
         "k[u] = np.uintp(0) if v != v else",
         ("tests/test_fused_pass.py", "-x"),

@@ -9,8 +9,9 @@ import pytest
 
 from reporter.layers import FAMILY_RANGES, SATURATION, Layer
 from reporter.replay.anomaly import FEATURES, _one_gate
-from reporter.replay.fused_pass import SHORT_ROW, gate_pass
+from reporter.replay.fused_pass import gate_pass
 from reporter.replay.gate_moments import StatsConfig
+from reporter.replay.pass_kernels import SHORT_ROW
 from reporter.replay.timestep_stats import Bins
 from tests import stats_reference
 
@@ -35,6 +36,29 @@ def _hostile(rng, shape, family: str, specials: bool = True) -> np.ndarray:
     return x
 
 
+@pytest.fixture(params=["rows", "short rows"])
+def kernel(request, monkeypatch):
+    """Each test it is given runs under both kernels, forced: `row_kernel`, which reads a step row
+    by row, and `short_row_kernel`, which reads it unit by unit across windows (on its own only
+    for rows of fewer than `LONG_ROW` units, in batches counted through a table). Afterwards, the
+    kernel named ran and the other did not."""
+    from reporter.replay import fused_pass
+
+    ran = {"rows": 0, "short rows": 0}
+    for name, attribute in (("rows", "row_kernel"), ("short rows", "short_row_kernel")):
+        compiled = getattr(fused_pass, attribute)
+        monkeypatch.setattr(
+            fused_pass, attribute, lambda *a, _k=compiled, _n=name: ran.__setitem__(_n, ran[_n] + 1) or _k(*a)
+        )
+    if request.param == "rows":
+        monkeypatch.setattr(fused_pass, "LONG_ROW", 0)
+    else:
+        monkeypatch.setattr(fused_pass, "LONG_ROW", 2**31)
+        monkeypatch.setattr(fused_pass, "TABLE_FROM", 0.0)
+    yield request.param
+    assert ran[request.param] > 0 and sum(ran.values()) == ran[request.param], ran
+
+
 CASES = [
     ("sigmoid", Bins(0.0, 1.0, 64), (9, 13, 2, 5)),
     ("tanh", Bins(-1.0, 1.0, 64), (4, 1, 1, 33)),
@@ -45,6 +69,7 @@ CASES = [
 
 @pytest.mark.parametrize("family, bins, shape", CASES)
 @pytest.mark.parametrize("seed", range(4))
+@pytest.mark.usefixtures("kernel")
 def test_fused_statistics_equal_the_numpy_reading(family, bins, shape, seed):
     rng = np.random.default_rng(seed)
     trace = _hostile(rng, shape, family, specials=seed % 2 == 1)
@@ -61,6 +86,7 @@ def test_fused_statistics_equal_the_numpy_reading(family, bins, shape, seed):
     assert fused.moments["hist"].sum() == trace.size and fused.steps["hist"].sum() == trace.size
 
 
+@pytest.mark.usefixtures("kernel")
 def test_the_reference_itself_is_numpys_histogram_and_thresholds():
     """The oracle checked against numpy's own functions, so both cannot be wrong together."""
     rng = np.random.default_rng(9)
@@ -80,6 +106,7 @@ def test_the_reference_itself_is_numpys_histogram_and_thresholds():
 @pytest.mark.parametrize("family", ["sigmoid", "tanh", "linear"])
 @pytest.mark.parametrize("steps", [1, 2, 17])
 @pytest.mark.parametrize("specials", [False, True])
+@pytest.mark.usefixtures("kernel")
 def test_fused_window_features_equal_the_numpy_features(family, steps, specials):
     rng = np.random.default_rng(steps)
     trace = _hostile(rng, (11, steps, 2, 6), family, specials=specials)
@@ -93,6 +120,7 @@ def test_fused_window_features_equal_the_numpy_features(family, steps, specials)
 
 
 @pytest.mark.parametrize("directions, hidden", [(2, 3), (1, 40)], ids=["step-wide", "row-by-row"])
+@pytest.mark.usefixtures("kernel")
 def test_fused_peaks_are_numpys_argmax_and_argmin_per_window_and_unit(directions, hidden):
     """Short rows (≤ `SHORT_ROW` units) fold their peaks a step at a time, longer ones row by row."""
     rng = np.random.default_rng(5)
@@ -114,6 +142,7 @@ def test_fused_peaks_are_numpys_argmax_and_argmin_per_window_and_unit(directions
     assert (directions * hidden <= SHORT_ROW) == (hidden == 3)
 
 
+@pytest.mark.usefixtures("kernel")
 def test_replay_statistics_are_the_same_through_the_fused_pass_and_the_reference(monkeypatch):
     """A whole layer's statistics frame through `LayerStats`, fused against the reference pass."""
     from reporter.replay import gate_moments
@@ -138,6 +167,7 @@ def test_replay_statistics_are_the_same_through_the_fused_pass_and_the_reference
     np.testing.assert_allclose(a["std"], b["std"], rtol=1e-9)
 
 
+@pytest.mark.usefixtures("kernel")
 def test_bins_far_from_zero_are_counted_in_float64():
     """Bin edges float32 cannot hold (lo = 2²⁵ on a grid of 1: the clip edge 2²⁵ − 1 rounds to
     2²⁵ in float32) are counted in float64: per unit, as float64 arithmetic bins each value."""
@@ -159,6 +189,7 @@ def test_more_cells_than_float32_counts_exactly_are_refused():
         gate_pass(np.zeros((1, 2, 1, 3), np.float32), Bins(0.0, 1.0, 2**24), 0.1, 0.9)
 
 
+@pytest.mark.usefixtures("kernel")
 def test_wide_counters_give_the_same_statistics(monkeypatch):
     """Counters are int32 within a batch of fewer than 2³¹ values and int64 beyond: forced wide
     here, every output is the same."""
@@ -179,6 +210,7 @@ def test_wide_counters_give_the_same_statistics(monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.usefixtures("kernel")
 def test_a_time_major_view_is_read_in_place_with_the_statistics_of_its_copy():
     """Replay hands on one-direction gates as `[batch, time, 1, hidden]` views of `[time, 1, batch,
     hidden]` (`replay.time_major`): the kernel reads those rows where they are, and every statistic

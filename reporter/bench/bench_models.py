@@ -1,8 +1,9 @@
-"""The models `gate-report bench --replay` replays: the sample forecaster and two plain LSTMs.
+"""The models `gate-report bench --replay` replays: the sample forecaster and three plain LSTMs.
 
-The mid-size LSTMs (2 layers, input 16, 100 steps; 128 or 1,024 units) have seeded random
-weights and standard-normal windows: replay's cost depends on the shapes, not on what a model
-learned. Each entry writes its checkpoint and windows into a folder and returns the recipe.
+The plain LSTMs (2 layers, input 16, 100 steps; 16, 128 or 1,024 units: rows short enough for
+`pass_kernels.short_row_kernel`, a mid-size model, and one sized by its memory budget) have seeded
+random weights and standard-normal windows: replay's cost depends on the shapes, not on what a
+model learned. Each entry writes its checkpoint and windows into a folder and returns the recipe.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def _lstm(hidden: int) -> Callable[[Path, int], tuple[ModelRecipe, Path]]:
 
 MODELS: dict[str, Callable[[Path, int], tuple[ModelRecipe, Path]]] = {
     "forecaster": lambda folder, count: (SAMPLE, make_windows(count, folder / "windows.npy")),
+    "lstm16": _lstm(16),
     "lstm128": _lstm(128),
     "lstm1024": _lstm(1024),
 }

@@ -54,6 +54,7 @@ class Case:
 DEFAULT_CASES = (
     Case("forecaster", 5000),
     Case("forecaster", 50000),
+    Case("lstm16", 20000),
     Case("lstm128", 4000),
     Case("lstm1024", 600, memory=2 << 30),
 )

@@ -9,7 +9,8 @@
     time_major      replay's copy of the exposed model: gates left as the Scan writes them
     dask_shards     the same, sharded over a Dask cluster
     gate_moments    the mergeable per-unit accumulator and its one-pass update
-    fused_pass      every statistic of a gate trace in one compiled pass (numba)
+    fused_pass      every statistic of a gate trace in one compiled pass (numba; pass_kernels:
+                    the kernels, for long rows and for rows of few units)
     timestep_stats  mergeable per-timestep trajectories and the exact histogram bins
     stats           every layer's accumulators, and the run's two statistics tables
     anomaly         per-window gate features, anomaly scores, "flagged", explanations

@@ -33,6 +33,7 @@ from reporter.replay.anomaly import feature_names, features_from_passes
 from reporter.replay.batch_budget import CAP, balanced_batch, choose_batch, current_rss, default_budget
 from reporter.replay.calls import run_calls
 from reporter.replay.feeds import Feeds
+from reporter.replay.fused_pass import warm_up
 from reporter.replay.gate_moments import StatsConfig
 from reporter.replay.held_signals import signals_held
 from reporter.replay.sessions import open_session, run_bound, tune_allocator
@@ -108,10 +109,8 @@ class _Rows:
 
 
 def _last_step(value: np.ndarray, batch: int) -> np.ndarray | None:
-    """A model output's value at the last step per window ([B, T, ...] → [B, ...]), if small enough.
-
-    Outputs that are not batch-major (e.g. a final state [layers, B, H]) are not kept.
-    """
+    """A model output's value at the last step per window ([B, T, ...] → [B, ...]), if small enough;
+    outputs that are not batch-major (e.g. a final state [layers, B, H]) are not kept."""
     if value.ndim == 0 or value.shape[0] != batch or (value.ndim >= 3 and value.shape[1] == 0):
         return None
     per_window = value[:, -1] if value.ndim >= 3 else value
@@ -240,14 +239,15 @@ class Replayer:
     def _first_window(self, source: WindowSource, indices: np.ndarray | None = None) -> int | None:
         """Run the first window (of `indices`, default all the file keeps) through the model, the
         statistics and the unit tracks, as a batch is; the bytes of its outputs (None without
-        windows). The compiled kernels (`fused_pass`, `top_rows`) compile on first use (~100 MB
-        while LLVM works, and 3 s, when numba's cache is cold, as after an install) and load from
-        that cache in 0.2–0.4 s otherwise: done here, their memory counts as used when the batch is
-        sized, and their time is not replay's. Folding the window twice merges the tracks as the
-        shards' batches are merged, which is `top_rows`' second signature."""
+        windows). The compiled kernels (`pass_kernels`, through `fused_pass.warm_up`; `top_rows`)
+        compile on first use (~100 MB while LLVM works, 3 s a kernel when numba's cache is cold, as
+        after an install) and load from that cache in 0.2–0.4 s otherwise: done here, their memory
+        counts as used when the batch is sized, and their time is not replay's. Folding the window
+        twice merges the tracks as the shards' batches are merged: `top_rows`' second signature."""
         first = (source.indices() if indices is None else indices)[:1]
         if not len(first):
             return None
+        warm_up()
         windows = source.take(first)
         outputs = self._run(self._sessions[0], windows, first)
         shard = (RunStats(self.layers, self.stats_config), UnitTracks(self.layers, self.vocab))
