@@ -69,6 +69,27 @@ def fold_peaks(row, t, up, up_t, down, down_t):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _close_step(x, t, fold, up, up_t, down, down_t, table, hist_u, hist_t):  # pragma: no cover - compiled
+    """The end of step `t`: h's peaks folded over the whole step as one row (when `fold`), and the
+    step's [unit, bin] counts added into both histograms, then cleared for the next step."""
+    if fold:
+        flat = x.shape[1] * x.shape[2]
+        fold_peaks(
+            x[t].reshape(flat),
+            np.int32(t),
+            up.reshape(flat),
+            up_t.reshape(flat),
+            down.reshape(flat),
+            down_t.reshape(flat),
+        )
+    for u in range(table.shape[0]):
+        for c in range(table.shape[1]):
+            hist_u[u, c] += table[u, c]
+            hist_t[t, c] += table[u, c]
+        table[u, :] = 0
+
+
+@numba.njit(cache=True, nogil=True)
 def window_features(feats, sums, counts, peak, steps, units):  # pragma: no cover - compiled
     """The features of `replay.anomaly` per window, from what a kernel summed over its values:
     `sums` rows (first value, Σ shifted, Σ shifted², level shift, Σ level, Σ level², Σ |change|),
@@ -195,21 +216,7 @@ def row_kernel(x, scale, narrow, base, top, hi, low, high, want_peaks, table, la
                 m_shift[b] = level if np.isfinite(level) else 0.0
             m1[b] += level - m_shift[b]
             m2[b] += (level - m_shift[b]) ** 2
-        if want_peaks and units <= SHORT_ROW:  # the whole step as one row
-            flat = batch * units
-            fold_peaks(
-                x[t].reshape(flat),
-                np.int32(t),
-                up.reshape(flat),
-                up_t.reshape(flat),
-                down.reshape(flat),
-                down_t.reshape(flat),
-            )
-        for u in range(table.shape[0]):
-            for c in range(cells):
-                hist_u[u, c] += table[u, c]
-                hist_t[t, c] += table[u, c]
-            table[u, :] = 0
+        _close_step(x, t, want_peaks and units <= SHORT_ROW, up, up_t, down, down_t, table, hist_u, hist_t)
         for lane in range(lanes.shape[0]):
             for c in range(cells):
                 hist_t[t, c] += lanes[lane, c]
@@ -302,21 +309,7 @@ def short_row_kernel(x, scale, narrow, base, top, hi, low, high, want_peaks, tab
             m1[b] += level - m_shift[b]
             m2[b] += (level - m_shift[b]) ** 2
         step_total[t] += level_sum
-        if want_peaks:
-            flat = batch * units
-            fold_peaks(
-                x[t].reshape(flat),
-                np.int32(t),
-                up.reshape(flat),
-                up_t.reshape(flat),
-                down.reshape(flat),
-                down_t.reshape(flat),
-            )
-        for u in range(units):
-            for c in range(cells):
-                hist_u[u, c] += table[u, c]
-                hist_t[t, c] += table[u, c]
-            table[u, :] = 0
+        _close_step(x, t, want_peaks, up, up_t, down, down_t, table, hist_u, hist_t)
     for u in range(units):  # each unit's extrema, window by window
         for b in range(batch):
             v, m = lows[u, b], smallest[u]
