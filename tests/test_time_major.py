@@ -55,7 +55,7 @@ def test_replay_hands_on_the_exposed_models_values_from_time_major_gates(mixed):
 
 
 def test_each_time_major_gate_is_written_by_the_node_that_computes_it(mixed):
-    """No Identity or Unsqueeze between a gate's Scan (or h's Mul) and its graph output:
+    """No Identity or Unsqueeze between a gate's Scan (h included) and its graph output:
     onnxruntime would copy the whole trace into the output (18 of 166 ms per batch of the
     2 × 128-unit bench model)."""
     model, _ = mixed
@@ -63,9 +63,7 @@ def test_each_time_major_gate_is_written_by_the_node_that_computes_it(mixed):
     producer = {name: node for node in runnable.graph.node for name in node.output}
     one = _gate_names(model, 1)
     assert time_major == one
-    assert {name: producer[name].op_type for name in one} == {
-        name: "Mul" if name.endswith("/h") else "Scan" for name in one
-    }
+    assert {name: producer[name].op_type for name in one} == dict.fromkeys(one, "Scan")
     exposed = {name: node for node in model.exposed.graph.node for name in node.output}
     for name in _gate_names(model, 2):  # two directions: as the exposed model writes them
         assert producer[name] == exposed[name], name

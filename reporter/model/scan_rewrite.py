@@ -25,7 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from reporter.layers import GATES
-from reporter.model.graph_builder import GraphBuilder, activate, activate_per_direction, reverse_time
+from reporter.model.graph_builder import GraphBuilder, activate, reverse_time
 from reporter.model.recurrent_spec import GATE_BLOCKS, RecurrentSpec
 
 __all__ = ["build_scan_rewrite"]
@@ -61,13 +61,8 @@ class _Body:
         return activate(b, pre, self.spec.activations[0][which])
 
 
-def _gates_from_loop(spec: RecurrentSpec) -> tuple[str, ...]:
-    """Gates the Scan emits per step; LSTM's h is cheaper to derive from o and c afterwards."""
-    return GATES[spec.kind][:-1] if spec.kind == "LSTM" else GATES[spec.kind]
-
-
 def _lstm_step(body: _Body, w: dict, h_prev: str, c_prev: str, xws: list[str]) -> tuple[list[str], str, str]:
-    """One LSTM step; returns (gates i f g o c, new h, new c). Each block's h·R_kᵀ adds onto its
+    """One LSTM step; returns (gates i f g o c h, new h, new c). Each block's h·R_kᵀ adds onto its
     own X·W_kᵀ inside one Gemm: no per-step slices, and onnxruntime fuses the Gemm with the
     activation after it (when there is no clip)."""
     b, s = body.b, body.spec
@@ -83,7 +78,7 @@ def _lstm_step(body: _Body, w: dict, h_prev: str, c_prev: str, xws: list[str]) -
         pre_o = b.op("Add", pre_o, b.op("Mul", w["Po"], c))
     o = body.gate(pre_o, 0)
     h = b.op("Mul", o, activate(b, c, s.activations[0][2]))
-    return [i, f, g, o, c], h, c
+    return [i, f, g, o, c, h], h, c
 
 
 def _gru_step(body: _Body, w: dict, h_prev: str, xws: list[str]) -> tuple[list[str], str]:
@@ -221,10 +216,6 @@ def build_scan_rewrite(
         # onnxruntime's reading: a sequence of length 0 has final states 0, not its initial state.
         nonempty = b.unsqueeze(b.op("Greater", lens, b.const(0, np.int64)), 0, 2)  # [1, B, 1]
         finals = [b.op("Where", nonempty, final, b.const(0.0)) for final in finals]
-    if "h" not in traces:  # LSTM: h = o ⊙ h(c), vectorised over all steps after the loop
-        traces["h"] = b.op(
-            "Mul", traces["o"], activate_per_direction(b, traces["c"], [a[2] for a in spec.activations], axis=1)
-        )
     in_sequence = b.unsqueeze(valid, 1) if valid is not None else None  # [T, 1, B, 1]
     for gate in GATES[spec.kind]:
         trace = traces[gate]
@@ -263,9 +254,9 @@ def _one_direction(b: GraphBuilder, spec: RecurrentSpec, d: int) -> RecurrentSpe
 def _scan_pass(
     b: GraphBuilder, spec: RecurrentSpec, x_tbi: str, lens: str | None, valid: str | None
 ) -> tuple[dict[str, str], list[str]]:
-    """One direction's Scan: its gate traces [T, 1, B, H] in input time order (the LSTM's h not
-    among them) and its final states [1, B, H], before any masking by length (`valid` [T, B, 1]
-    only holds each sequence's state past its end)."""
+    """One direction's Scan: its gate traces [T, 1, B, H] in input time order and its final states
+    [1, B, H], before any masking by length (`valid` [T, B, 1] only holds each sequence's state
+    past its end)."""
     w, bias = _weights(b, spec)
     x = reverse_time(b, x_tbi, 0, lens) if spec.reverse[0] else x_tbi
     states = [_initial_state(b, spec, "initial_h", x_tbi)]
@@ -274,7 +265,7 @@ def _scan_pass(
     scan_inputs = _projected_blocks(b, spec, x, bias) + ([valid] if valid is not None else [])
     body = _build_body(spec, GraphBuilder(b.taken, f"{b.prefix}/body"), w, masked=valid is not None)
     finals = [b.fresh("h_last")] + ([b.fresh("c_last")] if spec.kind == "LSTM" else [])
-    gates = _gates_from_loop(spec)
+    gates = GATES[spec.kind]
     per_step = [b.fresh(f"{gate}_per_step") for gate in gates]
     b.nodes.append(
         helper.make_node(

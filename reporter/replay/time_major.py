@@ -12,10 +12,10 @@ statistics kernel, which walks a trace step by step, reads the time-major rows i
 directions) are left as they are.
 
 Each such output is then written by the node that computes it (`_write_in_place`): the Scan for a
-gate of a forward layer without sequence lengths, the Mul for its h (a reverse layer's Slice, a
-masked layer's Where). onnxruntime copies a tensor into a graph output when an Unsqueeze or Identity
-stands between them (it aliases neither into a graph output), 12 copies of a whole trace per batch
-of the 2 × 128-unit bench model, 18 of its 166 ms on one core (onnxruntime's profiler). The Scan's
+gate of a forward layer without sequence lengths (a reverse layer's Slice, a masked layer's
+Where). onnxruntime copies a tensor into a graph output when an Unsqueeze or Identity stands
+between them (it aliases neither into a graph output), 12 copies of a whole trace per batch of the
+2 × 128-unit bench model, 18 of its 166 ms on one core (onnxruntime's profiler). The Scan's
 `[time, batch, hidden]` output gets the direction axis back as a view (`batch_major`).
 """
 
