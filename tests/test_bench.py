@@ -168,8 +168,8 @@ def test_a_reference_case_times_every_contender_and_names_its_model(monkeypatch)
 
 
 def test_the_replay_contender_runs_the_model_replay_runs(monkeypatch):
-    """As replay runs it: the exposed LSTM without its gates' final transposes; a decomposed cell
-    (gates stacked, nothing to skip) has no contender of its own and reads as exposed 2×1."""
+    """As replay runs it: the exposed LSTM without its gates' final transposes, a decomposed cell
+    with its gates stacked time-major; where replay changes nothing, the row reads exposed 2×1."""
     import reporter.bench.expose_cost as expose_cost
 
     given = []
@@ -189,6 +189,8 @@ def test_the_replay_contender_runs_the_model_replay_runs(monkeypatch):
     plain = _export_for_bench(module, torch.randn(4, 5, 2), dynamic_time=False)
     exposed, layers = expose_gates(plain)
     contenders = expose_cost._onnx_contenders(plain, exposed, layers, {"x": np.zeros((4, 5, 2), np.float32)})
-    assert "replay_pair" not in contenders and len(given) == 2
+    assert list(contenders)[-1] == "replay_pair" and len(given) == 3
+    concats = [[n for n in model.graph.node if n.op_type == "Concat" and n.attribute[0].i == 0] for model in given]
+    assert len(concats[2]) == len(concats[1]) + len(layers[0].outputs)  # every gate, joined along time
     row = expose_cost._row("cell", {"fused": 1.0, "exposed": 1.0, "fused_pair": 2.0, "exposed_pair": 3.0})
     assert row.replay_pair_s == row.exposed_pair_s == 1.5

@@ -4,6 +4,9 @@ two directions stay batch-major; the model it was given is left as it was."""
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import numpy as np
 import onnx
 import onnx.numpy_helper
@@ -11,7 +14,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from reporter.bench.expose_cost import CellLoop
+from reporter.model.expose import expose_gates
 from reporter.pipeline.model_source import ModelRecipe, exposed_model
+from reporter.replay.fused_pass import _time_major_rows
 from reporter.replay.runner import Replayer
 from reporter.replay.stats import RunStats
 from reporter.replay.time_major import skip_final_transposes
@@ -147,3 +153,63 @@ def test_a_gate_a_subgraph_reads_stays_as_the_exposed_model_writes_it(mixed):
     for name in _gate_names(model, 1):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
         assert got[name].flags.c_contiguous == (name == read), name
+
+
+@pytest.fixture(scope="module", params=["LSTM", "GRU"])
+def cell_loop(request):
+    """A loop over `nn.LSTMCell`/`nn.GRUCell` (input 3, 5 units), exported unrolled over 6 steps:
+    one decomposed layer whose gates the exposed model stacks from the step tensors; 7 windows."""
+    torch.manual_seed(0)
+    module = CellLoop(request.param, 3, 5).eval()
+    x = torch.randn(7, 6, 3)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), buffer, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    exposed, layers = expose_gates(onnx.load_from_string(buffer.getvalue()))
+    assert [(layer.kind, layer.cell) for layer in layers] == [(request.param, "decomposed")]
+    return exposed, layers, x.numpy()
+
+
+def test_a_decomposed_cells_gates_are_stacked_time_major_with_the_exposed_models_values(cell_loop):
+    """Replay's copy joins a decomposed gate's steps along time into `[time, 1, batch, hidden]`
+    (one block per step), the Concat writing the output itself; what replay hands on is the
+    exposed model's values bit for bit, as views the statistics read in place."""
+    exposed, layers, x = cell_loop
+    before = exposed.SerializeToString()
+    runnable, time_major = skip_final_transposes(exposed, layers)
+    gates = set(layers[0].outputs.values())
+    assert time_major == gates
+    producer = {name: node for node in runnable.graph.node for name in node.output}
+    assert {producer[name].op_type for name in gates} == {"Concat"}
+    session = ort.InferenceSession(before, providers=["CPUExecutionProvider"])
+    want = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x})))
+    got = Replayer(exposed, layers, workers=1).run_batch(x)
+    assert exposed.SerializeToString() == before
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    for name in gates:
+        assert got[name].shape == (7, 6, 1, 5) and not got[name].flags.c_contiguous, name
+        assert np.shares_memory(_time_major_rows(got[name]), got[name]), name
+
+
+def test_a_stack_whose_steps_are_read_elsewhere_stays_as_the_exposed_model_writes_it(cell_loop):
+    """A step of a decomposed gate read by another node too (a model edited after exposure) keeps
+    that gate batch-major: its Reshape feeds both."""
+    exposed, layers, x = cell_loop
+    edited = onnx.ModelProto()
+    edited.CopyFrom(exposed)
+    gate = sorted(layers[0].outputs.values())[0]
+    producer = {name: node for node in edited.graph.node for name in node.output}
+    node = producer[gate]
+    while node.op_type == "Identity":
+        node = producer[node.input[0]]
+    step = node.input[2]  # the third step, as [batch, 1, 1, hidden]
+    edited.graph.node.append(onnx.helper.make_node("Identity", [step], ["probe"]))
+    edited.graph.output.append(onnx.helper.make_tensor_value_info("probe", onnx.TensorProto.FLOAT, None))
+    _, time_major = skip_final_transposes(edited, layers)
+    assert time_major == set(layers[0].outputs.values()) - {gate}
+    got = Replayer(edited, layers, workers=1).run_batch(x)
+    np.testing.assert_array_equal(got["probe"], got[gate][:, 2:3])
+    assert got[gate].flags.c_contiguous

@@ -183,7 +183,7 @@ def _onnx_contenders(
 ) -> dict[str, Callable[[], object]]:
     """The fused and the exposed model, each as one 2-thread session and as two 1-thread sessions,
     and the exposed model as replay runs it (two 1-thread sessions, gates time-major) where that
-    differs: a decomposed cell's gates are stacked, not transposed, so replay runs them as exposed."""
+    differs (`replay.time_major`: not for cells inside control flow)."""
     s_fused, s_exposed = session(fused), session(exposed)
     contenders = {
         "fused": lambda: s_fused.run(None, feed),
