@@ -23,7 +23,7 @@ from reporter.layers import GATES, KINDS, Layer, gate_activations, layers_from_j
 from reporter.model.cell_patterns import Dataflow, graph_constants
 from reporter.model.control_flow import BRANCH_ATTRIBUTES, lift_out_of, runs_backward
 from reporter.model.decomposed import Found, decomposed_layers
-from reporter.model.graph_builder import GraphBuilder, fresh_name, reverse_time, subgraphs
+from reporter.model.graph_builder import GraphBuilder, all_names, fresh_name, reverse_time
 from reporter.model.layer_names import LayerNamer
 from reporter.model.recurrent_spec import read_spec
 from reporter.model.scan_rewrite import build_scan_rewrite
@@ -49,7 +49,7 @@ def expose_gates(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Layer]]:
         exposed = onnx.inliner.inline_local_functions(exposed)
     exposed = _with_min_opset(exposed)
     graph = exposed.graph
-    inferred, taken, notes = _inferred(exposed).graph, _all_names(graph), []
+    inferred, taken, notes = _inferred(exposed).graph, all_names(graph), []
     constants = graph_constants(graph)
     found = _expose_graph(graph, _Scope(inferred, _graph_types(inferred, constants), constants), [], taken, notes)
     if not found:
@@ -208,17 +208,6 @@ def _with_min_opset(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.version_converter.convert_version(model, _MIN_OPSET)
     except Exception as exc:  # noqa: BLE001 - the converter raises bare RuntimeErrors of many kinds
         raise ModelError(f"model uses opset {version}; converting it to opset {_MIN_OPSET} failed: {exc}") from None
-
-
-def _all_names(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor and node name in the graph and its subgraphs (new names must avoid them)."""
-    names = set()
-    for g in [graph, *subgraphs(graph)]:
-        names.update(i.name for i in g.initializer)
-        names.update(v.name for v in [*g.input, *g.output, *g.value_info])
-        for node in g.node:
-            names.update([*node.input, *node.output, node.name])
-    return names
 
 
 def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 
 from reporter.model.recurrent_spec import Activation
 
-__all__ = ["GraphBuilder", "activate", "activate_per_direction", "fresh_name", "reverse_time", "subgraphs"]
+__all__ = ["GraphBuilder", "activate", "activate_per_direction", "all_names", "fresh_name", "reverse_time", "subgraphs"]
 
 _INT64_MIN = np.iinfo(np.int64).min
 
@@ -28,6 +28,17 @@ def subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
             for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
                 yield sub
                 yield from subgraphs(sub)
+
+
+def all_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor and node name in the graph and its subgraphs (new names must avoid them)."""
+    names = set()
+    for g in [graph, *subgraphs(graph)]:
+        names.update(i.name for i in g.initializer)
+        names.update(v.name for v in [*g.input, *g.output, *g.value_info])
+        for node in g.node:
+            names.update([*node.input, *node.output, node.name])
+    return names
 
 
 def fresh_name(taken: set[str], base: str) -> str:

@@ -30,7 +30,7 @@ import onnx
 
 from reporter.layers import Layer
 from reporter.model.cell_patterns import graph_constants
-from reporter.model.graph_builder import fresh_name, subgraphs
+from reporter.model.graph_builder import all_names, fresh_name, subgraphs
 
 __all__ = ["batch_major", "skip_final_transposes"]
 
@@ -61,8 +61,9 @@ def skip_final_transposes(model: onnx.ModelProto, layers: list[Layer]) -> tuple[
     changed, stale = set(), set()  # stale: tensors now time-major, whose recorded shapes no longer hold
     constants, steps_first = graph_constants(graph), {}  # steps_first: a [-1, 1, 1, H] shape → [1, 1, -1, H]
     for output in graph.output:
-        chain = _chain_to_transpose(output.name, producer) if output.name in wanted else None
-        stack = _steps_stacked(output.name, producer, readers, constants) if output.name in wanted else None
+        if output.name not in wanted:
+            continue
+        chain = _chain_to_transpose(output.name, producer)
         if chain is not None and all(readers[node.output[0]] == 1 for node in chain):
             stale.update(node.output[0] for node in chain)
             transpose, rest = chain[0], chain[1:]
@@ -72,7 +73,7 @@ def skip_final_transposes(model: onnx.ModelProto, layers: list[Layer]) -> tuple[
             else:  # the Transpose writes the graph output itself
                 transpose.op_type = "Identity"
                 del transpose.attribute[:]
-        elif stack is not None:
+        elif (stack := _steps_stacked(output.name, producer, readers, constants)) is not None:
             stale.update(node.output[0] for node in stack)
             _stack_steps_first(graph, stack, constants, steps_first)
         else:
@@ -86,13 +87,20 @@ def skip_final_transposes(model: onnx.ModelProto, layers: list[Layer]) -> tuple[
     return copy, frozenset(changed)
 
 
-def _chain_to_transpose(name: str, producer: dict) -> list | None:
-    """The nodes from the batch-major Transpose to the tensor `name` (through Identity nodes), in
-    graph order; None when `name` is not made that way."""
+def _behind_identities(name: str, producer: dict) -> tuple[onnx.NodeProto | None, list]:
+    """The node that makes `name` once Identity nodes are passed, and those Identity nodes, the
+    last one first."""
     chain, node = [], producer.get(name)
     while node is not None and node.op_type == "Identity":
         chain.append(node)
         node = producer.get(node.input[0])
+    return node, chain
+
+
+def _chain_to_transpose(name: str, producer: dict) -> list | None:
+    """The nodes from the batch-major Transpose to the tensor `name` (through Identity nodes), in
+    graph order; None when `name` is not made that way."""
+    node, chain = _behind_identities(name, producer)
     if node is None or node.op_type != "Transpose":
         return None
     perm = next((list(attr.ints) for attr in node.attribute if attr.name == "perm"), None)
@@ -106,10 +114,7 @@ def _steps_stacked(name: str, producer: dict, readers: Counter, constants: dict)
     `[batch, 1, 1, hidden]`, joined along time by one Concat, then Identity nodes to `name`. The
     Reshapes, the Concat and the Identity nodes, when that is how `name` is made and nothing else
     reads any of them; else None."""
-    chain, node = [], producer.get(name)
-    while node is not None and node.op_type == "Identity":
-        chain.append(node)
-        node = producer.get(node.input[0])
+    node, chain = _behind_identities(name, producer)
     axis = next((attr.i for attr in node.attribute if attr.name == "axis"), None) if node is not None else None
     if node is None or node.op_type != "Concat" or axis != 1:
         return None
@@ -138,11 +143,8 @@ def _stack_steps_first(graph: onnx.GraphProto, nodes: list, constants: dict, ste
     for part in nodes[: len(concat.input)]:
         hidden = int(np.asarray(constants[part.input[1]]).reshape(-1)[3])
         if hidden not in steps_first:
-            taken = {*constants, *(value.name for value in graph.input)}
-            taken.update(name for g in [graph, *subgraphs(graph)] for node in g.node for name in node.output)
-            name = fresh_name(taken, "steps_first")
+            name = fresh_name(all_names(graph), "steps_first")
             graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, 1, -1, hidden], np.int64), name))
-            constants[name] = np.array([1, 1, -1, hidden])
             steps_first[hidden] = name
         part.input[1] = steps_first[hidden]
 
